@@ -1,0 +1,1123 @@
+//! Server configuration: every knob the operator can turn, where it comes
+//! from, and the checks it must pass before anything is bound or allocated.
+//!
+//! Settings come from four layers, later ones winning:
+//!
+//! 1. built-in defaults ([`Config::default`], matching the original
+//!    WebSocketHandler: port 8080, 100 connections, 10 MB payloads, ...);
+//! 2. a TOML file (see `wshandler.example.toml` at the repository root);
+//! 3. `WSH_*` environment variables (`WSH_PORT=9000`, `WSH_IO_DRIVER=epoll`);
+//! 4. command-line flags, passed in by `main` as `(name, value)` pairs.
+//!
+//! There is one merge path for all of them: the file is read into a
+//! [`toml::Table`], each environment variable or flag is converted to a
+//! [`toml::Value`] according to a static table of field kinds (`FIELDS`) and
+//! inserted over it, and the result is deserialized once into [`Config`] with
+//! `deny_unknown_fields`. Doing it this way means a flag, a variable and a
+//! file entry cannot disagree about syntax, and a misspelt name anywhere is an
+//! error instead of a silently ignored setting. Every error names where the bad
+//! value came from (file path, variable name or `--flag`) and the field.
+//!
+//! [`Config::validate`] then checks ranges and cross-field rules; the server
+//! only ever starts from a validated `Config`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that set configuration fields.
+pub const ENV_PREFIX: &str = "WSH_";
+
+/// `WSH_*` variables that are not fields and are skipped by [`Config::load`]
+/// (`WSH_CONFIG` names the config file; `main` reads it, not this module).
+pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG"];
+
+/// Log levels accepted by `log_level`, most to least verbose.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+/// The complete server configuration.
+///
+/// Field names are the TOML keys; the environment variable for a field is
+/// `WSH_` followed by its name in upper case (`max_connections` ->
+/// `WSH_MAX_CONNECTIONS`). Missing keys take their [`Default`] value. Build
+/// one with [`Config::load`] or [`Config::from_toml_str`], which both run
+/// [`Config::validate`]; constructing one by hand (tests do) skips that.
+///
+/// `Debug` redacts `auth_token`, so logging the config at startup is safe.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    // --- Server ---
+    /// TCP port to listen on. `0` asks the kernel for an ephemeral port
+    /// (tests use it and read the bound address back). Default 8080.
+    pub port: u16,
+    /// Address to bind. `"0.0.0.0"` listens on every IPv4 interface; use
+    /// `"127.0.0.1"` to accept only local clients. Default `"0.0.0.0"`.
+    pub host: String,
+    /// Maximum concurrent WebSocket connections, enforced across all shards
+    /// together (not per shard); connections past the limit are refused
+    /// during the handshake. Bounds memory use against connection floods.
+    /// Default 100.
+    pub max_connections: usize,
+    /// On shutdown, how long to wait for open connections to close after
+    /// they are sent a close frame, before they are dropped. At most 1h.
+    /// Default 5s.
+    #[serde(with = "duration_serde")]
+    pub drain_timeout: Duration,
+
+    // --- Shards & I/O ---
+    /// Number of shards: one single-threaded runtime, each with its own
+    /// SO_REUSEPORT listener. Default: the number of CPUs this process may
+    /// use (`std::thread::available_parallelism`, 1 if unknown). 1..=1024.
+    pub shards: usize,
+    /// Which socket driver each shard uses; see [`IoDriver`]. Default `auto`.
+    pub io_driver: IoDriver,
+    /// Pin shard `i` to CPU `i`. Helps tail latency on dedicated machines;
+    /// hurts when the host is shared or shards outnumber CPUs. Default false.
+    pub pin_shards: bool,
+
+    // --- Authentication ---
+    /// Require clients to present `auth_token` before anything else is
+    /// accepted. Default false.
+    pub enable_authentication: bool,
+    /// Shared secret clients must send when `enable_authentication` is on
+    /// (required and non-empty then). Prefer `WSH_AUTH_TOKEN` over writing it
+    /// in the file. Never printed by `Debug`. Default unset.
+    pub auth_token: Option<String>,
+
+    // --- Features ---
+    /// Allow the request/response pattern (a reply per request id).
+    /// Default true.
+    pub enable_request_response: bool,
+    /// Allow publish/subscribe on topics. Default true.
+    pub enable_pub_sub: bool,
+    /// Allow remote procedure calls. Default true.
+    pub enable_rpc: bool,
+    /// Allow streaming data (sensor readings, chunked transfers).
+    /// Default true.
+    pub enable_streaming: bool,
+    /// Conformance mode: echo every message back unchanged instead of
+    /// interpreting it (used for the Autobahn test suite). Default false.
+    pub echo: bool,
+
+    // --- Data handling ---
+    /// Check incoming data messages before storing them, rejecting those
+    /// missing any of `required_fields`. Default true.
+    pub enable_data_validation: bool,
+    /// Fields every data message must carry when `enable_data_validation` is
+    /// on, e.g. `["temperature", "humidity"]`. Default empty.
+    pub required_fields: Vec<String>,
+    /// Fields encrypted before a message is written to storage. Default empty.
+    pub fields_to_encrypt: Vec<String>,
+
+    // --- Performance & limits ---
+    /// Negotiate permessage-deflate with clients that offer it. Default true.
+    pub enable_compression: bool,
+    /// Outbound payloads smaller than this many bytes are sent uncompressed:
+    /// deflate costs more than it saves on tiny messages. Default 256.
+    pub compression_threshold: usize,
+    /// Largest message (after reassembling fragments and decompressing) a
+    /// client may send, in bytes. Checked before buffering, so a peer cannot
+    /// make us allocate more than this; a larger message closes the
+    /// connection with 1009. 125..=1 GiB. Default 10485760 (10 MiB).
+    pub max_payload_size: usize,
+    /// Bytes of outbound data that may queue for one connection before it is
+    /// treated as a slow consumer and closed; stops one stalled client from
+    /// holding unbounded memory. At least 1024. Default 1048576 (1 MiB).
+    pub max_backpressure: usize,
+    /// How long a request may wait for its response before failing with a
+    /// timeout. Greater than zero. Default 10s.
+    #[serde(with = "duration_serde")]
+    pub request_timeout: Duration,
+
+    // --- Monitoring ---
+    /// Send pings and close connections that stop answering, so dead peers
+    /// (pulled cables, sleeping devices) do not hold connection slots.
+    /// Default true.
+    pub enable_heartbeat: bool,
+    /// Time between heartbeat pings; a peer that misses one is closed. At
+    /// least 100ms when heartbeats are on. Default 30s.
+    #[serde(with = "duration_serde")]
+    pub heartbeat_interval: Duration,
+    /// Log verbosity: one of `trace`, `debug`, `info`, `warn`, `error`.
+    /// Default `info`.
+    pub log_level: String,
+
+    // --- Storage ---
+    /// Directory holding the on-disk store; created if missing.
+    /// Default `./wshandler-data`.
+    pub data_dir: PathBuf,
+    /// Name of the table (key prefix) that data messages are stored under.
+    /// Letters, digits, `_` and `-` only. Default `sensor_data`.
+    pub db_table_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 8080,
+            host: "0.0.0.0".to_owned(),
+            max_connections: 100,
+            shards: default_shards(),
+            io_driver: IoDriver::Auto,
+            pin_shards: false,
+            enable_authentication: false,
+            auth_token: None,
+            enable_request_response: true,
+            enable_pub_sub: true,
+            enable_rpc: true,
+            enable_streaming: true,
+            enable_data_validation: true,
+            required_fields: Vec::new(),
+            fields_to_encrypt: Vec::new(),
+            enable_compression: true,
+            compression_threshold: 256,
+            max_payload_size: 10 * 1024 * 1024,
+            max_backpressure: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            enable_heartbeat: true,
+            heartbeat_interval: Duration::from_secs(30),
+            log_level: "info".to_owned(),
+            echo: false,
+            drain_timeout: Duration::from_secs(5),
+            data_dir: PathBuf::from("./wshandler-data"),
+            db_table_name: "sensor_data".to_owned(),
+        }
+    }
+}
+
+/// One shard per CPU we may run on, capped at the validated maximum so the
+/// default is always valid.
+fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_SHARDS)
+}
+
+const MAX_SHARDS: usize = 1024;
+const MIN_PAYLOAD: usize = 125;
+const MAX_PAYLOAD: usize = 1 << 30;
+const MIN_BACKPRESSURE: usize = 1024;
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+const MAX_DRAIN: Duration = Duration::from_secs(3600);
+
+// Written out rather than derived so `auth_token` is redacted. The
+// destructuring makes adding a field without listing it here a compile error.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config {
+            port,
+            host,
+            max_connections,
+            shards,
+            io_driver,
+            pin_shards,
+            enable_authentication,
+            auth_token,
+            enable_request_response,
+            enable_pub_sub,
+            enable_rpc,
+            enable_streaming,
+            enable_data_validation,
+            required_fields,
+            fields_to_encrypt,
+            enable_compression,
+            compression_threshold,
+            max_payload_size,
+            max_backpressure,
+            request_timeout,
+            enable_heartbeat,
+            heartbeat_interval,
+            log_level,
+            echo,
+            drain_timeout,
+            data_dir,
+            db_table_name,
+        } = self;
+        f.debug_struct("Config")
+            .field("port", port)
+            .field("host", host)
+            .field("max_connections", max_connections)
+            .field("shards", shards)
+            .field("io_driver", io_driver)
+            .field("pin_shards", pin_shards)
+            .field("enable_authentication", enable_authentication)
+            .field("auth_token", &auth_token.as_ref().map(|_| "<redacted>"))
+            .field("enable_request_response", enable_request_response)
+            .field("enable_pub_sub", enable_pub_sub)
+            .field("enable_rpc", enable_rpc)
+            .field("enable_streaming", enable_streaming)
+            .field("enable_data_validation", enable_data_validation)
+            .field("required_fields", required_fields)
+            .field("fields_to_encrypt", fields_to_encrypt)
+            .field("enable_compression", enable_compression)
+            .field("compression_threshold", compression_threshold)
+            .field("max_payload_size", max_payload_size)
+            .field("max_backpressure", max_backpressure)
+            .field("request_timeout", request_timeout)
+            .field("enable_heartbeat", enable_heartbeat)
+            .field("heartbeat_interval", heartbeat_interval)
+            .field("log_level", log_level)
+            .field("echo", echo)
+            .field("drain_timeout", drain_timeout)
+            .field("data_dir", data_dir)
+            .field("db_table_name", db_table_name)
+            .finish()
+    }
+}
+
+/// Which I/O driver the shards use for sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoDriver {
+    /// io_uring if the kernel and sandbox allow it (it can be missing, too
+    /// old, blocked by seccomp, or short of locked memory), else epoll.
+    Auto,
+    /// io_uring only; startup fails if it is unavailable.
+    Uring,
+    /// epoll (readiness-based); works everywhere Linux does.
+    Epoll,
+}
+
+impl IoDriver {
+    /// The lowercase name used in config files, env vars and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoDriver::Auto => "auto",
+            IoDriver::Uring => "uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+}
+
+impl fmt::Display for IoDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for IoDriver {
+    type Err = ParseIoDriverError;
+
+    /// Parses `auto`, `uring` or `epoll`, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [IoDriver::Auto, IoDriver::Uring, IoDriver::Epoll]
+            .into_iter()
+            .find(|d| d.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| ParseIoDriverError(s.to_owned()))
+    }
+}
+
+/// A string that is not `auto`, `uring` or `epoll` was given as an [`IoDriver`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown io driver `{0}` (expected auto, uring or epoll)")]
+pub struct ParseIoDriverError(pub String);
+
+/// Why a configuration could not be loaded. `Display` is written for the
+/// operator: it names the source (file, variable, flag) and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Io {
+        /// The file we tried to read.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, or a value of the wrong type in the file (toml's
+    /// message names the field and, for files, the line).
+    #[error("cannot parse {source_name}: {message}")]
+    Parse {
+        /// `config file <path>`, or `config text` for
+        /// [`Config::from_toml_str`].
+        source_name: String,
+        /// toml's message.
+        message: String,
+    },
+    /// A key that is not a setting: `prot` in a file, `WSH_PROT` in the
+    /// environment, `--prot` on the command line.
+    #[error("unknown setting {key} (from {origin}){}", did_you_mean(.key))]
+    UnknownKey {
+        /// The key as the operator wrote it.
+        key: String,
+        /// `config file <path>`, `config text`, `environment`, or
+        /// `command line`.
+        origin: String,
+    },
+    /// An environment variable or flag whose value does not fit its field.
+    #[error("invalid value for {key} (from {origin}): {message}")]
+    BadValue {
+        /// The field name.
+        key: String,
+        /// Where the value came from, e.g. `environment variable WSH_PORT`
+        /// or `flag --port`.
+        origin: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The merged config parsed but breaks a rule in [`Config::validate`].
+    #[error("invalid config: {field} {message}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// The rule and the value, e.g. `must be between 1 and 1024 (got 0)`.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Builds the configuration from its layers: defaults, then the TOML
+    /// `file` (if given), then `env` (pass `std::env::vars()`; only `WSH_*`
+    /// names are used, except those in [`RESERVED_ENV`]), then `overrides`
+    /// (command-line flags as `(name, value)`; the name may be `port`,
+    /// `max-connections` or `--max-connections`, the value uses the same
+    /// syntax as environment values), then [`validate`](Self::validate)s it.
+    ///
+    /// Value syntax for env and flags: booleans `true`/`false`/`1`/`0`;
+    /// integers in decimal; durations as milliseconds (`30000`) or humantime
+    /// (`30s`, `250ms`, `1h 30m`); lists comma-separated (`a,b`; empty means
+    /// an empty list); anything else taken verbatim.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                parse_file(&text, &format!("config file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+
+        // Sorted so that, with several bad variables, the error is stable.
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .filter(|(name, _)| !RESERVED_ENV.contains(&name.as_str()))
+            .collect();
+        env.sort();
+        for (name, raw) in &env {
+            let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+            let Some(kind) = field_kind(&key) else {
+                return Err(ConfigError::UnknownKey {
+                    key: name.clone(),
+                    origin: "environment".to_owned(),
+                });
+            };
+            let origin = format!("environment variable {name}");
+            overlay(&mut table, &key, kind, raw, &origin)?;
+        }
+
+        for (flag, raw) in overrides {
+            let key = flag.trim_start_matches('-').replace('-', "_");
+            let flag = format!("--{}", key.replace('_', "-"));
+            let Some(kind) = field_kind(&key) else {
+                return Err(ConfigError::UnknownKey {
+                    key: flag,
+                    origin: "command line".to_owned(),
+                });
+            };
+            overlay(&mut table, &key, kind, raw, &format!("flag {flag}"))?;
+        }
+
+        let config = deserialize_table(table, "merged configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document (the contents of a config file, no env or
+    /// flags) over the defaults and validates the result.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let table = parse_file(s, "config text")?;
+        let config = deserialize_table(table, "config text")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules; returns the first violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, message: String) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { field, message })
+        }
+
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return invalid(
+                "shards",
+                format!("must be between 1 and {MAX_SHARDS} (got {})", self.shards),
+            );
+        }
+        if self.max_connections < 1 {
+            return invalid("max_connections", "must be at least 1 (got 0)".to_owned());
+        }
+        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.max_payload_size) {
+            return invalid(
+                "max_payload_size",
+                format!(
+                    "must be between {MIN_PAYLOAD} and {MAX_PAYLOAD} bytes (1 GiB) (got {})",
+                    self.max_payload_size
+                ),
+            );
+        }
+        if self.max_backpressure < MIN_BACKPRESSURE {
+            return invalid(
+                "max_backpressure",
+                format!(
+                    "must be at least {MIN_BACKPRESSURE} bytes (got {})",
+                    self.max_backpressure
+                ),
+            );
+        }
+        if self.enable_heartbeat && self.heartbeat_interval < MIN_HEARTBEAT {
+            return invalid(
+                "heartbeat_interval",
+                format!(
+                    "must be at least 100ms when enable_heartbeat is true (got {})",
+                    humantime::format_duration(self.heartbeat_interval)
+                ),
+            );
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout", "must be greater than zero".to_owned());
+        }
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return invalid(
+                "log_level",
+                format!(
+                    "must be one of {} (got `{}`)",
+                    LOG_LEVELS.join(", "),
+                    self.log_level
+                ),
+            );
+        }
+        if self.host.is_empty() {
+            return invalid("host", "must not be empty".to_owned());
+        }
+        if self.db_table_name.is_empty() {
+            return invalid("db_table_name", "must not be empty".to_owned());
+        }
+        if !self
+            .db_table_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return invalid(
+                "db_table_name",
+                format!(
+                    "may contain only ASCII letters, digits, `_` and `-` (got `{}`)",
+                    self.db_table_name
+                ),
+            );
+        }
+        if self.enable_authentication && self.auth_token.as_deref().unwrap_or("").is_empty() {
+            return invalid(
+                "auth_token",
+                "must be set to a non-empty token when enable_authentication is true".to_owned(),
+            );
+        }
+        if self.drain_timeout > MAX_DRAIN {
+            return invalid(
+                "drain_timeout",
+                format!(
+                    "must be at most 1h (got {})",
+                    humantime::format_duration(self.drain_timeout)
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Every setting's name, in the order of the example file's sections.
+pub fn field_names() -> impl Iterator<Item = &'static str> {
+    FIELDS.iter().map(|&(name, _)| name)
+}
+
+/// How an env var or flag value is turned into a TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `true`/`false`/`1`/`0`.
+    Bool,
+    /// A decimal integer; serde checks the range for the field's type.
+    Int,
+    /// An integer (milliseconds) or a humantime string.
+    Duration,
+    /// Comma-separated strings.
+    List,
+    /// Taken verbatim; serde parses it (paths, enums, plain strings).
+    Str,
+}
+
+/// Every field of [`Config`] and its kind. A test checks this against the
+/// struct itself, so it cannot drift.
+const FIELDS: &[(&str, Kind)] = &[
+    ("port", Kind::Int),
+    ("host", Kind::Str),
+    ("max_connections", Kind::Int),
+    ("drain_timeout", Kind::Duration),
+    ("shards", Kind::Int),
+    ("io_driver", Kind::Str),
+    ("pin_shards", Kind::Bool),
+    ("enable_authentication", Kind::Bool),
+    ("auth_token", Kind::Str),
+    ("enable_request_response", Kind::Bool),
+    ("enable_pub_sub", Kind::Bool),
+    ("enable_rpc", Kind::Bool),
+    ("enable_streaming", Kind::Bool),
+    ("echo", Kind::Bool),
+    ("enable_data_validation", Kind::Bool),
+    ("required_fields", Kind::List),
+    ("fields_to_encrypt", Kind::List),
+    ("enable_compression", Kind::Bool),
+    ("compression_threshold", Kind::Int),
+    ("max_payload_size", Kind::Int),
+    ("max_backpressure", Kind::Int),
+    ("request_timeout", Kind::Duration),
+    ("enable_heartbeat", Kind::Bool),
+    ("heartbeat_interval", Kind::Duration),
+    ("log_level", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("db_table_name", Kind::Str),
+];
+
+fn field_kind(key: &str) -> Option<Kind> {
+    FIELDS
+        .iter()
+        .find(|&&(name, _)| name == key)
+        .map(|&(_, kind)| kind)
+}
+
+/// Parses file contents into a table, rejecting unknown keys by name and
+/// reporting type errors with toml's line/column context.
+fn parse_file(text: &str, source_name: &str) -> Result<toml::Table, ConfigError> {
+    let parse_err = |e: toml::de::Error| ConfigError::Parse {
+        source_name: source_name.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    };
+    let table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+    if let Some(key) = table.keys().find(|k| field_kind(k).is_none()) {
+        return Err(ConfigError::UnknownKey {
+            key: key.clone(),
+            origin: source_name.to_owned(),
+        });
+    }
+    // Deserializing from the text (not the table) keeps spans in the error.
+    toml::from_str::<Config>(text).map_err(parse_err)?;
+    Ok(table)
+}
+
+fn deserialize_table(table: toml::Table, source_name: &str) -> Result<Config, ConfigError> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+}
+
+/// Converts one env/flag value and inserts it into `table`, checking it on
+/// its own first so a bad value is blamed on its origin, not the merge.
+fn overlay(
+    table: &mut toml::Table,
+    key: &str,
+    kind: Kind,
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let bad = |message: String| ConfigError::BadValue {
+        key: key.to_owned(),
+        origin: origin.to_owned(),
+        message,
+    };
+    let value = convert(kind, raw).map_err(bad)?;
+    let single = toml::Table::from_iter([(key.to_owned(), value.clone())]);
+    toml::Value::Table(single)
+        .try_into::<Config>()
+        .map_err(|e| {
+            // toml appends "\nin `key`"; the error already names the field.
+            let message = e.to_string();
+            let message = message.trim_end();
+            let message = message
+                .strip_suffix(&format!("\nin `{key}`"))
+                .unwrap_or(message);
+            bad(message.to_owned())
+        })?;
+    table.insert(key.to_owned(), value);
+    Ok(())
+}
+
+fn convert(kind: Kind, raw: &str) -> Result<toml::Value, String> {
+    let trimmed = raw.trim();
+    Ok(match kind {
+        Kind::Bool => match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" => toml::Value::Boolean(true),
+            "false" | "0" => toml::Value::Boolean(false),
+            _ => return Err(format!("expected true, false, 1 or 0, got `{raw}`")),
+        },
+        Kind::Int => trimmed
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected an integer, got `{raw}`"))?,
+        Kind::Duration => match trimmed.parse::<i64>() {
+            Ok(ms) => toml::Value::Integer(ms),
+            Err(_) => toml::Value::String(trimmed.to_owned()),
+        },
+        Kind::List => toml::Value::Array(
+            trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        Kind::Str => toml::Value::String(raw.to_owned()),
+    })
+}
+
+/// `; did you mean X?` for a near-miss key, in the same spelling as `key`
+/// (`WSH_PROT` -> `WSH_PORT`, `--prot` -> `--port`, `maxConnections` ->
+/// `max_connections`), or nothing.
+fn did_you_mean(key: &str) -> String {
+    let (style, bare) = if let Some(rest) = key.strip_prefix(ENV_PREFIX) {
+        ("env", rest)
+    } else if let Some(rest) = key.strip_prefix("--") {
+        ("flag", rest)
+    } else {
+        ("file", key)
+    };
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let wanted = squash(bare);
+    let best = field_names()
+        .map(|name| (osa_distance(&wanted, &squash(name)), name))
+        .min_by_key(|&(d, _)| d);
+    match best {
+        Some((d, name)) if d <= (wanted.len() / 4).max(1) => match style {
+            "env" => format!("; did you mean {ENV_PREFIX}{}?", name.to_ascii_uppercase()),
+            "flag" => format!("; did you mean --{}?", name.replace('_', "-")),
+            _ => format!("; did you mean {name}?"),
+        },
+        _ => String::new(),
+    }
+}
+
+/// Edit distance counting insertions, deletions, substitutions and swaps of
+/// adjacent characters (so `prot` is one edit from `port`).
+fn osa_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Durations in config: read from an integer (milliseconds, as the original
+/// WebSocketHandler's `heartbeatInterval: 30000`) or a humantime string
+/// (`"30s"`, `"250ms"`, `"1h 30m"`); written as a humantime string.
+mod duration_serde {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration: milliseconds as an integer, or a string like \"30s\"")
+        }
+
+        fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Duration, E> {
+            Ok(Duration::from_millis(ms))
+        }
+
+        fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Duration, E> {
+            u64::try_from(ms)
+                .map(Duration::from_millis)
+                .map_err(|_| E::custom(format!("duration must not be negative (got {ms})")))
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            let s = s.trim();
+            if let Ok(ms) = s.parse::<u64>() {
+                return Ok(Duration::from_millis(ms));
+            }
+            humantime::parse_duration(s)
+                .map_err(|e| E::custom(format!("invalid duration `{s}`: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../wshandler.example.toml");
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn write_temp(name: &str, contents: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("wshandler-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_match_seed() {
+        let c = Config::default();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.max_connections, 100);
+        assert_eq!(c.max_payload_size, 10_485_760);
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.db_table_name, "sensor_data");
+        assert_eq!(c.log_level, "info");
+        assert!(!c.enable_authentication && c.auth_token.is_none());
+        assert!(c.enable_request_response && c.enable_pub_sub && c.enable_rpc);
+        assert!(c.enable_streaming && c.enable_data_validation && c.enable_compression);
+        assert!(c.enable_heartbeat);
+        assert!(c.required_fields.is_empty() && c.fields_to_encrypt.is_empty());
+        assert_eq!(c.io_driver, IoDriver::Auto);
+        assert!(c.shards >= 1);
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml_str("").unwrap(), c);
+        assert_eq!(Config::load(None, env(&[]), &[]).unwrap(), c);
+    }
+
+    #[test]
+    fn fields_table_matches_struct() {
+        let c = Config {
+            auth_token: Some("t".into()),
+            ..Config::default()
+        };
+        let toml::Value::Table(t) = toml::Value::try_from(&c).unwrap() else {
+            panic!("config did not serialize to a table");
+        };
+        let mut from_struct: Vec<&str> = t.keys().map(String::as_str).collect();
+        let mut from_table: Vec<&str> = field_names().collect();
+        from_struct.sort_unstable();
+        from_table.sort_unstable();
+        assert_eq!(from_struct, from_table);
+        for (key, value) in &t {
+            let kind = field_kind(key).unwrap();
+            let ok = match kind {
+                Kind::Bool => value.is_bool(),
+                Kind::Int => value.is_integer(),
+                Kind::Duration | Kind::Str => value.is_str(),
+                Kind::List => value.is_array(),
+            };
+            assert!(ok, "{key} is {kind:?} but serializes as {value:?}");
+        }
+    }
+
+    #[test]
+    fn serialize_round_trips() {
+        let c = Config {
+            auth_token: Some("secret".into()),
+            request_timeout: Duration::from_millis(250),
+            required_fields: vec!["a".into()],
+            ..Config::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("request_timeout = \"250ms\""), "{text}");
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn durations_from_ms_and_strings() {
+        let c = Config::from_toml_str(
+            "heartbeat_interval = 30000\nrequest_timeout = \"30s\"\ndrain_timeout = \"250ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.drain_timeout, Duration::from_millis(250));
+
+        let c = Config::from_toml_str("request_timeout = \"30d\"").unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(30 * 86_400));
+
+        let c = Config::load(None, env(&[("WSH_REQUEST_TIMEOUT", "1500")]), &[]).unwrap();
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        let c = Config::load(None, env(&[("WSH_REQUEST_TIMEOUT", "2m")]), &[]).unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(120));
+
+        let err = Config::from_toml_str("request_timeout = -5").unwrap_err();
+        assert!(err.to_string().contains("negative"), "{err}");
+        let err = Config::from_toml_str("request_timeout = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn env_wins_over_file_and_flags_win_over_env() {
+        let path = write_temp(
+            "layers.toml",
+            "port = 7000\nio_driver = \"uring\"\nshards = 3\n",
+        );
+        let c = Config::load(Some(&path), env(&[]), &[]).unwrap();
+        assert_eq!((c.port, c.io_driver, c.shards), (7000, IoDriver::Uring, 3));
+
+        let vars = env(&[
+            ("WSH_PORT", "9000"),
+            ("WSH_IO_DRIVER", "epoll"),
+            ("PATH", "/bin"),
+            ("WSH_CONFIG", "/ignored.toml"),
+        ]);
+        let c = Config::load(Some(&path), vars.clone(), &[]).unwrap();
+        assert_eq!((c.port, c.io_driver, c.shards), (9000, IoDriver::Epoll, 3));
+
+        let flags = env(&[("port", "9100"), ("--io-driver", "auto")]);
+        let c = Config::load(Some(&path), vars, &flags).unwrap();
+        assert_eq!((c.port, c.io_driver, c.shards), (9100, IoDriver::Auto, 3));
+    }
+
+    #[test]
+    fn env_value_syntax() {
+        let vars = env(&[
+            ("WSH_REQUIRED_FIELDS", "a, b"),
+            ("WSH_FIELDS_TO_ENCRYPT", ""),
+            ("WSH_ENABLE_PUB_SUB", "0"),
+            ("WSH_PIN_SHARDS", "TRUE"),
+            ("WSH_DATA_DIR", "/var/lib/wsh"),
+            ("WSH_ENABLE_AUTHENTICATION", "1"),
+            ("WSH_AUTH_TOKEN", "s3cret"),
+        ]);
+        let c = Config::load(None, vars, &[]).unwrap();
+        assert_eq!(c.required_fields, ["a", "b"]);
+        assert!(c.fields_to_encrypt.is_empty());
+        assert!(!c.enable_pub_sub && c.pin_shards && c.enable_authentication);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/wsh"));
+        assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml_str("prot = 1").unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "unknown setting prot (from config text); did you mean port?"
+        );
+
+        let err = Config::from_toml_str("maxConnections = 5").unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean max_connections?"),
+            "{err}"
+        );
+
+        let err = Config::from_toml_str("[server]\nport = 1").unwrap_err();
+        assert!(err.to_string().contains("unknown setting server"), "{err}");
+
+        let path = write_temp("unknown.toml", "port = 1\nbogus_setting = true\n");
+        let err = Config::load(Some(&path), env(&[]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bogus_setting") && msg.contains("unknown.toml"),
+            "{msg}"
+        );
+        assert!(!msg.contains("did you mean"), "{msg}");
+
+        let err = Config::load(None, env(&[("WSH_PROT", "1")]), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown setting WSH_PROT (from environment); did you mean WSH_PORT?"
+        );
+
+        let err = Config::load(None, env(&[]), &env(&[("max-conections", "1")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown setting --max-conections (from command line); did you mean --max-connections?"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_field_and_origin() {
+        let err = Config::load(None, env(&[("WSH_PORT", "abc")]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::BadValue { .. }), "{err:?}");
+        assert!(
+            msg.contains("port") && msg.contains("WSH_PORT") && msg.contains("abc"),
+            "{msg}"
+        );
+
+        let err = Config::load(None, env(&[("WSH_PORT", "70000")]), &[]).unwrap_err();
+        assert!(err.to_string().contains("WSH_PORT"), "{err}");
+
+        let err = Config::load(None, env(&[("WSH_IO_DRIVER", "kqueue")]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("io_driver") && msg.contains("kqueue"), "{msg}");
+
+        let err = Config::load(None, env(&[]), &env(&[("echo", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("flag --echo"), "{err}");
+
+        let path = write_temp("badtype.toml", "port = \"abc\"\n");
+        let err = Config::load(Some(&path), env(&[]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+        assert!(
+            msg.contains("badtype.toml") && msg.contains("port"),
+            "{msg}"
+        );
+
+        let err = Config::from_toml_str("port = ").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+
+        let missing = Path::new("/nonexistent/wshandler.toml");
+        let err = Config::load(Some(missing), env(&[]), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/wshandler.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_rules() {
+        let err = Config::from_toml_str("shards = 0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid config: shards must be between 1 and 1024 (got 0)"
+        );
+        let err = Config::from_toml_str("log_level = \"loud\"").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "log_level",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("loud"), "{err}");
+        let err = Config::from_toml_str("enable_authentication = true").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "auth_token",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("enable_authentication"), "{err}");
+        Config::from_toml_str("enable_authentication = true\nauth_token = \"t\"").unwrap();
+
+        let rejects = [
+            ("shards = 1025", "shards"),
+            ("max_connections = 0", "max_connections"),
+            ("max_payload_size = 124", "max_payload_size"),
+            ("max_payload_size = 1073741825", "max_payload_size"),
+            ("max_backpressure = 1023", "max_backpressure"),
+            ("heartbeat_interval = 99", "heartbeat_interval"),
+            ("request_timeout = 0", "request_timeout"),
+            ("host = \"\"", "host"),
+            ("db_table_name = \"\"", "db_table_name"),
+            ("db_table_name = \"a;drop\"", "db_table_name"),
+            (
+                "enable_authentication = true\nauth_token = \"\"",
+                "auth_token",
+            ),
+            ("drain_timeout = \"61m\"", "drain_timeout"),
+        ];
+        for (text, field) in rejects {
+            match Config::from_toml_str(text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected Invalid({field}), got {other:?}"),
+            }
+        }
+        let accepts = [
+            "port = 0",
+            "shards = 1024",
+            "max_payload_size = 125",
+            "max_payload_size = 1073741824",
+            "max_backpressure = 1024",
+            "enable_heartbeat = false\nheartbeat_interval = 0",
+            "drain_timeout = \"1h\"",
+            "db_table_name = \"Sensor-data_2\"",
+        ];
+        for text in accepts {
+            Config::from_toml_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn io_driver_text() {
+        for d in [IoDriver::Auto, IoDriver::Uring, IoDriver::Epoll] {
+            assert_eq!(d.to_string().parse::<IoDriver>(), Ok(d));
+        }
+        assert_eq!("EPOLL".parse::<IoDriver>(), Ok(IoDriver::Epoll));
+        let err = "kqueue".parse::<IoDriver>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown io driver `kqueue` (expected auto, uring or epoll)"
+        );
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let c = Config::from_toml_str(EXAMPLE).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.max_connections, 100);
+        // `shards` is commented out in the example, so it is the default too.
+        assert_eq!(c, Config::default());
+        // And it documents every setting.
+        for name in field_names() {
+            assert!(
+                EXAMPLE.lines().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(name) && l[name.len()..].trim_start().starts_with('=')
+                }),
+                "{name} missing from wshandler.example.toml"
+            );
+        }
+    }
+}

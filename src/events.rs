@@ -1,0 +1,95 @@
+//! Server events (the seed's `on(event, handler)`), delivered off the hot path.
+//!
+//! Shards publish [`Event`]s to an [`EventHub`]; each subscriber gets its own
+//! unbounded crossbeam receiver and handles events on its own thread. When
+//! nobody subscribed, publishing costs one atomic load.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// Something that happened in the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Every shard listens.
+    ServerStarted {
+        /// The bound address.
+        addr: SocketAddr,
+    },
+    /// The server stopped.
+    ServerStopped,
+    /// A WebSocket connection was accepted.
+    ClientConnected {
+        /// Server-assigned id.
+        client_id: String,
+        /// Peer address.
+        remote_addr: SocketAddr,
+    },
+    /// A connection ended.
+    ClientDisconnected {
+        /// Server-assigned id.
+        client_id: String,
+        /// How long it was connected, in milliseconds.
+        connected_duration_ms: u64,
+        /// The close code sent or received, if any.
+        code: Option<u16>,
+    },
+    /// A client misbehaved or could not keep up; the connection was closed.
+    ClientError {
+        /// Server-assigned id.
+        client_id: String,
+        /// What happened.
+        message: String,
+        /// The close code the connection was closed with.
+        code: u16,
+    },
+    /// A server-side failure not tied to one client.
+    ServerError {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Fan-out of events to any number of subscribers.
+#[derive(Debug, Default)]
+pub struct EventHub {
+    any: AtomicBool,
+    subscribers: RwLock<Vec<Sender<Event>>>,
+}
+
+impl EventHub {
+    /// Subscribe: every event from now on is sent to the returned receiver.
+    pub fn subscribe(&self) -> Receiver<Event> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.subscribers.write().expect("event hub poisoned").push(tx);
+        self.any.store(true, Ordering::Release);
+        rx
+    }
+
+    /// Add an existing sender as a subscriber.
+    pub(crate) fn add(&self, tx: Sender<Event>) {
+        self.subscribers.write().expect("event hub poisoned").push(tx);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Publish an event; subscribers that went away are dropped.
+    pub fn emit(&self, make: impl FnOnce() -> Event) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let ev = make();
+        let mut dead = Vec::new();
+        for s in self.subscribers.read().expect("event hub poisoned").iter() {
+            if s.send(ev.clone()).is_err() {
+                dead.push(s.clone());
+            }
+        }
+        if !dead.is_empty() {
+            let mut subs = self.subscribers.write().expect("event hub poisoned");
+            subs.retain(|s| !dead.iter().any(|d| d.same_channel(s)));
+            self.any.store(!subs.is_empty(), Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! wshandler: a thread-per-core WebSocket server for real-time messaging and
+//! fleet-scale IoT ingestion — the Rust implementation of the
+//! WebSocketHandler design.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one `Config` struct; defaults < TOML file < `WSH_*`
+//!   environment < CLI flags, validated into a checked config.
+//! - [`ws`]: the sans-IO WebSocket core (handshake, frame codec, masking,
+//!   UTF-8, close codes, permessage-deflate, session state machine). Bytes in,
+//!   messages and frames out; never a socket.
+//! - `shard`: one OS thread per core with its own runtime (io_uring via
+//!   tokio-uring, or epoll via tokio) and SO_REUSEPORT listener;
+//!   `shard::driver` is the only code that touches sockets.
+//! - [`server`]: bootstrap, lifecycle and the cross-thread API
+//!   ([`WebSocketHandler`]).
+//! - [`events`]: server events, delivered to subscribers off the hot path.
+//!
+//! See `docs/architecture.md` for the design and its alternatives.
+
+#![deny(missing_docs, missing_debug_implementations)]
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod events;
+pub mod server;
+mod shard;
+pub mod ws;
+
+pub use config::{Config, IoDriver};
+pub use events::Event;
+pub use server::{ServerError, WebSocketHandler};
+pub use shard::DriverKind;

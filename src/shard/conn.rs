@@ -1,0 +1,440 @@
+//! One WebSocket connection on a shard: handshake, reader loop, writer task.
+//!
+//! Written once, generic over the driver's [`Stream`]. The reader owns the
+//! read buffer and the [`Session`]; frames anyone on the shard wants to send
+//! go into the connection's [`OutQueue`], and a writer task flushes it with
+//! vectored writes. Both tasks and everything that pushes frames run on the
+//! same shard thread, so the shared state is `Rc` + `RefCell`/`Cell`: no
+//! atomics, no locks.
+//!
+//! Back-pressure has two faces:
+//! - replies to a connection's own messages (echo, responses): when the
+//!   queue is over `max_backpressure`, the reader stops reading until the
+//!   writer drains it, so TCP pushes back on the client;
+//! - frames pushed by others (broadcast, later pub/sub): a consumer whose
+//!   queue is already over the bound is a slow consumer and is closed with
+//!   1008 and a `client-error` event — memory never grows without limit.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, trace};
+
+use super::driver::Stream;
+use super::notify::LocalNotify;
+use super::ShardCtx;
+use crate::events::Event;
+use crate::ws::close;
+use crate::ws::deflate::{self, Deflate};
+use crate::ws::handshake::{self, Decision, Rejection};
+use crate::ws::{Limits, Message, OutQueue, Session};
+
+/// Smallest read issued; also the read buffer an idle io_uring connection holds.
+const MIN_READ: usize = 512;
+/// Largest single read.
+const MAX_READ: usize = 256 * 1024;
+/// Buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+/// How long the handshake may take (slow-loris guard).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After we start a close, how long the peer has to answer it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the writer may take to flush before the socket is dropped.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection's state shared between its reader, its writer and the shard.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Shard-local key.
+    pub(crate) key: u64,
+    /// Server-wide unique id, e.g. `c4f2a9-0-17`.
+    pub(crate) client_id: String,
+    pub(crate) peer: SocketAddr,
+    pub(crate) connected_at: Instant,
+    pub(crate) session: RefCell<Session>,
+    pub(crate) out: RefCell<OutQueue>,
+    /// Wakes the writer: something was queued, or it should finish.
+    writer: LocalNotify,
+    /// Wakes a reader paused on back-pressure.
+    drained: LocalNotify,
+    /// Wakes the reader to end the connection now.
+    kill: LocalNotify,
+    /// Flush what is queued, then stop writing.
+    closing: Cell<bool>,
+    /// End without flushing.
+    dead: Cell<bool>,
+    /// Heartbeat tick of the last byte received.
+    pub(crate) last_seen: Cell<u32>,
+    /// Close code sent or received.
+    close_code: Cell<Option<u16>>,
+    max_backpressure: usize,
+    compression_threshold: usize,
+}
+
+impl Conn {
+    fn wake_writer(&self) {
+        self.writer.notify();
+    }
+
+    /// Queue a reply to this connection's own message.
+    pub(crate) fn send_reply(&self, text: bool, payload: Bytes) {
+        let mut out = self.out.borrow_mut();
+        self.session.borrow_mut().send(text, payload, self.compression_threshold, &mut *out);
+        drop(out);
+        self.wake_writer();
+    }
+
+    /// Queue a frame pushed from elsewhere (broadcast, pub/sub). `frame` is
+    /// the shared pre-encoded frame, used unless this connection compresses.
+    /// Returns false if the connection was closed as a slow consumer.
+    pub(crate) fn push_external(self: &Rc<Self>, ctx: &ShardCtx, text: bool, payload: &Bytes, frame: &Bytes) -> bool {
+        if self.session.borrow().is_closing() || self.dead.get() {
+            return true;
+        }
+        if self.out.borrow().bytes() > self.max_backpressure {
+            let queued = self.out.borrow().bytes();
+            self.close_with(close::POLICY, "slow consumer: outbound queue over max_backpressure");
+            ctx.shared.events.emit(|| Event::ClientError {
+                client_id: self.client_id.clone(),
+                message: format!(
+                    "slow consumer: {queued} bytes queued, max_backpressure {}",
+                    self.max_backpressure
+                ),
+                code: close::POLICY,
+            });
+            return false;
+        }
+        let mut session = self.session.borrow_mut();
+        if session.compression() && payload.len() >= self.compression_threshold {
+            session.send(text, payload.clone(), self.compression_threshold, &mut *self.out.borrow_mut());
+        } else {
+            self.out.borrow_mut().push(frame.clone());
+        }
+        drop(session);
+        self.wake_writer();
+        true
+    }
+
+    /// Queue a ping (heartbeat).
+    pub(crate) fn ping(&self) {
+        if !self.session.borrow().is_closing() {
+            self.out
+                .borrow_mut()
+                .push(crate::ws::frame::encode(crate::ws::frame::OpCode::Ping, false, b""));
+            self.wake_writer();
+        }
+    }
+
+    /// Start a server-side close; the peer has [`CLOSE_TIMEOUT`] to answer
+    /// before the connection is dropped.
+    pub(crate) fn close_with(self: &Rc<Self>, code: u16, reason: &str) {
+        if self.session.borrow().is_closing() {
+            return;
+        }
+        self.session.borrow_mut().close(code, reason, &mut self.out.borrow_mut());
+        self.close_code.set(Some(code));
+        self.wake_writer();
+        let me = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(CLOSE_TIMEOUT).await;
+            me.abort();
+        });
+    }
+
+    /// End the connection now, without flushing.
+    pub(crate) fn abort(&self) {
+        self.dead.set(true);
+        self.kill.notify();
+        self.writer.notify();
+        self.drained.notify();
+    }
+}
+
+/// How the reader loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The close handshake completed (either side started it).
+    Closed,
+    /// We failed the connection (protocol error) and queued a close.
+    Failed,
+    /// The peer went away without a close, or a socket error.
+    Dropped,
+    /// Killed (close timeout, write error).
+    Killed,
+}
+
+/// Serve one accepted TCP connection to the end.
+pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardCtx>) {
+    let stream = Rc::new(stream);
+    let mut buf = BytesMut::new();
+    let Some(deflate) = handshake_phase(&*stream, &mut buf, &ctx).await else {
+        linger(&*stream).await;
+        return;
+    };
+    // From here on we hold one slot of max_connections (taken in handshake_phase).
+    let cfg = &ctx.shared.config;
+    let key = ctx.next_key();
+    let conn = Rc::new(Conn {
+        key,
+        client_id: ctx.client_id(key),
+        peer,
+        connected_at: Instant::now(),
+        session: RefCell::new(Session::new(
+            Limits {
+                max_message_size: ctx.shared.max_message_size,
+            },
+            deflate,
+        )),
+        out: RefCell::new(OutQueue::default()),
+        writer: LocalNotify::default(),
+        drained: LocalNotify::default(),
+        kill: LocalNotify::default(),
+        closing: Cell::new(false),
+        dead: Cell::new(false),
+        last_seen: Cell::new(ctx.tick.get()),
+        close_code: Cell::new(None),
+        max_backpressure: cfg.max_backpressure,
+        compression_threshold: cfg.compression_threshold,
+    });
+    ctx.insert(conn.clone());
+    ctx.shared.events.emit(|| Event::ClientConnected {
+        client_id: conn.client_id.clone(),
+        remote_addr: peer,
+    });
+    debug!(client = %conn.client_id, %peer, "connected");
+
+    let writer = tokio::task::spawn_local(write_loop(stream.clone(), conn.clone()));
+    let end = read_loop(&*stream, &conn, buf, &ctx).await;
+    trace!(client = %conn.client_id, ?end, "reader done");
+
+    conn.closing.set(true);
+    conn.wake_writer();
+    if end != End::Killed {
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+            abort.abort();
+        }
+    } else {
+        writer.abort();
+    }
+    if end != End::Killed {
+        linger(&*stream).await;
+    }
+    ctx.remove(conn.key);
+    ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+    let duration = conn.connected_at.elapsed().as_millis() as u64;
+    ctx.shared.events.emit(|| Event::ClientDisconnected {
+        client_id: conn.client_id.clone(),
+        connected_duration_ms: duration,
+        code: conn.close_code.get(),
+    });
+    debug!(client = %conn.client_id, ?end, duration_ms = duration, "disconnected");
+}
+
+/// Read the upgrade request and answer it. Returns the agreed deflate state
+/// (`Some(None)` = upgraded without compression) or `None` if the connection
+/// is done (refused, health check, timeout).
+async fn handshake_phase<S: Stream>(stream: &S, buf: &mut BytesMut, ctx: &ShardCtx) -> Option<Option<Deflate>> {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let (req, head_len) = loop {
+        match handshake::parse_request(buf) {
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(e) => {
+                let status = match e {
+                    handshake::HandshakeError::TooLarge => 431,
+                    handshake::HandshakeError::Malformed(_) => 400,
+                };
+                let r = Rejection {
+                    status,
+                    message: e.to_string(),
+                };
+                write_all(stream, handshake::reject_response(&r).into()).await;
+                return None;
+            }
+        }
+        let b = std::mem::take(buf);
+        let read = tokio::time::timeout_at(deadline, stream.read(b, 1024)).await;
+        match read {
+            Ok((Ok(n), b)) if n > 0 => *buf = b,
+            _ => return None,
+        }
+    };
+    let _ = bytes::Buf::advance(buf, head_len);
+    match req.decide() {
+        Decision::Health => {
+            let body = ctx.shared.health_json();
+            write_all(stream, handshake::json_response(200, &body).into()).await;
+            None
+        }
+        Decision::Reject(r) => {
+            debug!(status = r.status, reason = %r.message, "handshake refused");
+            write_all(stream, handshake::reject_response(&r).into()).await;
+            None
+        }
+        Decision::Accept { accept_key } => {
+            let shared = &ctx.shared;
+            let refuse = if shared.stopping.load(Ordering::Acquire) {
+                Some("server is shutting down".to_owned())
+            } else if shared.conn_count.fetch_add(1, Ordering::AcqRel) >= shared.config.max_connections {
+                shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+                Some(format!("max_connections ({}) reached", shared.config.max_connections))
+            } else {
+                None
+            };
+            if let Some(message) = refuse {
+                let r = Rejection { status: 503, message };
+                write_all(stream, handshake::reject_response(&r).into()).await;
+                return None;
+            }
+            let agreed = if shared.config.enable_compression {
+                deflate::negotiate(req.extensions.iter().map(String::as_str))
+            } else {
+                None
+            };
+            let resp = handshake::accept_response(&accept_key, agreed.as_ref().map(|(_, s)| s.as_str()));
+            if !write_all(stream, resp.into()).await {
+                shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            Some(agreed.map(|(p, _)| Deflate::new(p)))
+        }
+    }
+}
+
+/// Write one buffer completely; false on error.
+async fn write_all<S: Stream>(stream: &S, mut b: Bytes) -> bool {
+    while !b.is_empty() {
+        let (res, mut v) = stream.writev(vec![b]).await;
+        b = v.pop().unwrap_or_default();
+        match res {
+            Ok(n) if n > 0 => bytes::Buf::advance(&mut b, n),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// After our FIN, read and discard until the peer closes (or a short
+/// timeout), so unread input doesn't turn our close into a reset.
+async fn linger<S: Stream>(stream: &S) {
+    stream.shutdown_write();
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    let mut b = BytesMut::new();
+    loop {
+        b.clear();
+        match tokio::time::timeout_at(deadline, stream.read(b, 4096)).await {
+            Ok((Ok(n), back)) if n > 0 => b = back,
+            _ => return,
+        }
+    }
+}
+
+async fn read_loop<S: Stream>(stream: &S, conn: &Rc<Conn>, mut buf: BytesMut, ctx: &Rc<ShardCtx>) -> End {
+    let mut read_size = MIN_READ;
+    loop {
+        // Everything already buffered first (the handshake may have carried frames).
+        loop {
+            let r = {
+                let mut session = conn.session.borrow_mut();
+                session.read(&mut buf, &mut conn.out.borrow_mut())
+            };
+            match r {
+                Ok(Some(Message::Close(cf))) => {
+                    if conn.close_code.get().is_none() {
+                        conn.close_code.set(cf.code.or(Some(close::NORMAL)));
+                    }
+                    return End::Closed;
+                }
+                Ok(Some(msg)) => ctx.on_message(conn, msg),
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(client = %conn.client_id, error = %e, "protocol error");
+                    conn.session.borrow_mut().fail(&e, &mut conn.out.borrow_mut());
+                    conn.close_code.set(Some(e.close_code()));
+                    ctx.shared.events.emit(|| Event::ClientError {
+                        client_id: conn.client_id.clone(),
+                        message: e.to_string(),
+                        code: e.close_code(),
+                    });
+                    return End::Failed;
+                }
+            }
+        }
+        if conn.dead.get() {
+            return End::Killed;
+        }
+        if !conn.out.borrow().is_empty() {
+            conn.wake_writer();
+        }
+        // Our own replies are piling up: stop reading until they drain.
+        while conn.out.borrow().bytes() > conn.max_backpressure {
+            conn.drained.wait().await;
+            if conn.dead.get() {
+                return End::Killed;
+            }
+        }
+        let need = conn.session.borrow().wanted(&buf).saturating_sub(buf.len());
+        let want = need.clamp(read_size, MAX_READ.max(read_size));
+        let want = want.min(ctx.shared.max_message_size + 14).max(MIN_READ);
+        if buf.is_empty() && buf.capacity() > 4 * want {
+            buf = BytesMut::new(); // give back a buffer grown for a burst
+        }
+        let (res, b) = tokio::select! {
+            r = stream.read(buf, want) => r,
+            _ = conn.kill.wait() => return End::Killed,
+        };
+        buf = b;
+        match res {
+            Ok(0) => return End::Dropped,
+            Ok(n) => {
+                conn.last_seen.set(ctx.tick.get());
+                if n >= want {
+                    read_size = (read_size * 2).min(64 * 1024);
+                } else if n < read_size / 4 {
+                    read_size = (read_size / 2).max(MIN_READ);
+                }
+            }
+            Err(e) => {
+                trace!(client = %conn.client_id, error = %e, "read error");
+                return End::Dropped;
+            }
+        }
+    }
+}
+
+async fn write_loop<S: Stream>(stream: Rc<S>, conn: Rc<Conn>) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        if conn.dead.get() {
+            return;
+        }
+        if conn.out.borrow().is_empty() {
+            if conn.closing.get() {
+                return;
+            }
+            batch = Vec::new(); // hold nothing while idle
+            conn.writer.wait().await;
+            continue;
+        }
+        conn.out.borrow_mut().take_batch(&mut batch, MAX_IOVECS);
+        let (res, mut b) = stream.writev(batch).await;
+        match res {
+            Ok(n) if n > 0 => {
+                conn.out.borrow_mut().written(&mut b, n);
+                batch = b;
+                if conn.out.borrow().bytes() <= conn.max_backpressure {
+                    conn.drained.notify();
+                }
+            }
+            _ => {
+                conn.abort();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The only code that touches sockets: one module per I/O driver.
+//!
+//! Both drivers expose the same owned-buffer interface (the shape io_uring
+//! needs: the kernel owns the buffer while an operation is in flight), so the
+//! connection logic in [`super::conn`] is written once, generic over
+//! [`Stream`], and the whole test suite runs against either driver.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+
+pub(crate) mod epoll;
+pub(crate) mod uring;
+
+/// A connected TCP stream, used from one shard thread.
+pub(crate) trait Stream: 'static {
+    /// Read into `buf`'s spare capacity, first making room for `want` bytes.
+    /// Returns the count read (0 at EOF) and the buffer.
+    async fn read(&self, buf: BytesMut, want: usize) -> (io::Result<usize>, BytesMut);
+    /// Write as much of `bufs` as one vectored write takes; returns the count
+    /// and the buffers (so the caller can requeue what was not written).
+    async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>);
+    /// Send FIN (shut down the write half).
+    fn shutdown_write(&self);
+}
+
+/// A listening socket on one shard.
+pub(crate) trait Listener: 'static {
+    /// The stream type it produces.
+    type Stream: Stream;
+    /// Accept one connection.
+    async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)>;
+}
