@@ -232,7 +232,7 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
         connected_duration_ms: duration,
         code: conn.close_code.get(),
     });
-    debug!(client = %conn.client_id, ?end, duration_ms = duration, "disconnected");
+    debug!(client = %conn.client_id, peer = %conn.peer, ?end, duration_ms = duration, "disconnected");
 }
 
 /// Read the upgrade request and answer it. Returns the agreed deflate state

@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(h.payload_len, 256);
         assert_eq!(h.header_len, 8);
         assert_eq!(h.mask, Some([1, 2, 3, 4]));
-        let mut b = vec![0x82, 0xFF];
+        let mut b = vec![0x82, 0x7F];
         b.extend_from_slice(&70000u64.to_be_bytes());
         let h = FrameHeader::parse(&b).unwrap().unwrap();
         assert_eq!((h.payload_len, h.header_len, h.mask), (70000, 10, None));

@@ -1,1 +1,12 @@
+//! Integration tests: the real server on 127.0.0.1 with real clients
+//! (tokio-tungstenite, and a raw TCP client for malformed input), each test
+//! body run once per I/O driver (io_uring and epoll).
 
+mod util;
+
+mod cli;
+mod deflate;
+mod frames;
+mod handshake;
+mod lifecycle;
+mod limits;

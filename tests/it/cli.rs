@@ -1,0 +1,97 @@
+//! The `wshandler` binary: serve, SIGTERM → graceful stop with exit 0,
+//! configuration errors and a taken port reported clearly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wshandler"));
+    c.env_remove("WSH_CONFIG");
+    c
+}
+
+#[tokio::test]
+async fn serve_echo_then_sigterm_exits_zero() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for driver in ["uring", "epoll"] {
+        let mut child = bin()
+            .args(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", "--shards", "2"])
+            .args(["--io-driver", driver, "--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("wshandler listening on ").expect(&line).to_owned();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+        ws.send(Message::text("ping?")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping?"));
+        // SAFETY-free: libc::kill on our own child's PID.
+        assert_eq!(unsafe_kill(child.id(), libc::SIGTERM), 0);
+        // The open connection gets 1001 from the graceful stop.
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1001),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "driver {driver}");
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: u32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
+    unsafe { libc::kill(pid as i32, sig) }
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_field() {
+    let out = bin().args(["serve", "--echo"]).env("WSH_SHARDS", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shards"), "{err}");
+
+    let out = bin().args(["serve", "--set", "log_level=loud"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log_level"));
+
+    let out = bin().args(["serve", "--set", "nonsense=1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
+}
+
+#[tokio::test]
+async fn port_in_use_names_the_address() {
+    let srv = TestServer::start(test_config(wshandler::IoDriver::Epoll)).await;
+    let out = bin()
+        .args(["serve", "--echo", "--host", "127.0.0.1", "--port"])
+        .arg(srv.addr.port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("address {} is already in use", srv.addr)), "{err}");
+    srv.stop().await;
+}
+
+#[test]
+fn config_subcommand_shows_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, "port = 9100\nheartbeat_interval = 15000\nmax_connections = 50\n").unwrap();
+    let out = bin()
+        .args(["config", "--config"])
+        .arg(&file)
+        .args(["--set", "max_connections=70"])
+        .env("WSH_PORT", "9200")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg: wshandler::Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(cfg.port, 9200); // env beats file
+    assert_eq!(cfg.max_connections, 70); // flag beats file
+    assert_eq!(cfg.heartbeat_interval, std::time::Duration::from_secs(15));
+}
