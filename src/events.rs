@@ -63,14 +63,20 @@ impl EventHub {
     /// Subscribe: every event from now on is sent to the returned receiver.
     pub fn subscribe(&self) -> Receiver<Event> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        self.subscribers.write().expect("event hub poisoned").push(tx);
+        self.subscribers
+            .write()
+            .expect("event hub poisoned")
+            .push(tx);
         self.any.store(true, Ordering::Release);
         rx
     }
 
     /// Add an existing sender as a subscriber.
     pub(crate) fn add(&self, tx: Sender<Event>) {
-        self.subscribers.write().expect("event hub poisoned").push(tx);
+        self.subscribers
+            .write()
+            .expect("event hub poisoned")
+            .push(tx);
         self.any.store(true, Ordering::Release);
     }
 

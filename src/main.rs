@@ -14,7 +14,11 @@ use wshandler::{Config, WebSocketHandler};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "wshandler", version, about = "Thread-per-core WebSocket server")]
+#[command(
+    name = "wshandler",
+    version,
+    about = "Thread-per-core WebSocket server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,14 +92,18 @@ impl ServeArgs {
 
     fn load(&self) -> Result<Config, String> {
         let overrides = self.overrides()?;
-        Config::load(self.config.as_deref(), std::env::vars(), &overrides).map_err(|e| e.to_string())
+        Config::load(self.config.as_deref(), std::env::vars(), &overrides)
+            .map_err(|e| e.to_string())
     }
 }
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WSH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("wshandler={level},warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -103,7 +111,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config(args) => match args.load() {
             Ok(cfg) => {
-                print!("{}", toml::to_string_pretty(&cfg).expect("config serialises"));
+                print!(
+                    "{}",
+                    toml::to_string_pretty(&cfg).expect("config serialises")
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -132,7 +143,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let mut server = WebSocketHandler::new(cfg);
         server.start().await?;

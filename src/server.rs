@@ -142,10 +142,12 @@ impl WebSocketHandler {
         self.config.validate()?;
         let n = self.config.shards;
         let listeners = shard::listen::bind_all(&self.config.host, self.config.port, n)?;
-        let addr = listeners[0].local_addr().map_err(|source| ServerError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], self.config.port)),
-            source,
-        })?;
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], self.config.port)),
+                source,
+            })?;
         let max_message_size = if self.config.echo {
             self.config.max_payload_size.max(ECHO_MIN_PAYLOAD)
         } else {
@@ -226,7 +228,9 @@ impl WebSocketHandler {
 
     /// Open WebSocket connections across all shards.
     pub fn connection_count(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| s.conn_count.load(Ordering::Acquire))
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.conn_count.load(Ordering::Acquire))
     }
 
     /// Receive every server event from now on.
@@ -284,7 +288,9 @@ impl WebSocketHandler {
 
     /// Uptime since `start`.
     pub fn uptime(&self) -> Duration {
-        self.shared.as_ref().map_or(Duration::ZERO, |s| s.started.elapsed())
+        self.shared
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.started.elapsed())
     }
 }
 

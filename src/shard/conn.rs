@@ -83,7 +83,9 @@ impl Conn {
     /// Queue a reply to this connection's own message.
     pub(crate) fn send_reply(&self, text: bool, payload: Bytes) {
         let mut out = self.out.borrow_mut();
-        self.session.borrow_mut().send(text, payload, self.compression_threshold, &mut *out);
+        self.session
+            .borrow_mut()
+            .send(text, payload, self.compression_threshold, &mut *out);
         drop(out);
         self.wake_writer();
     }
@@ -91,13 +93,22 @@ impl Conn {
     /// Queue a frame pushed from elsewhere (broadcast, pub/sub). `frame` is
     /// the shared pre-encoded frame, used unless this connection compresses.
     /// Returns false if the connection was closed as a slow consumer.
-    pub(crate) fn push_external(self: &Rc<Self>, ctx: &ShardCtx, text: bool, payload: &Bytes, frame: &Bytes) -> bool {
+    pub(crate) fn push_external(
+        self: &Rc<Self>,
+        ctx: &ShardCtx,
+        text: bool,
+        payload: &Bytes,
+        frame: &Bytes,
+    ) -> bool {
         if self.session.borrow().is_closing() || self.dead.get() {
             return true;
         }
         if self.out.borrow().bytes() > self.max_backpressure {
             let queued = self.out.borrow().bytes();
-            self.close_with(close::POLICY, "slow consumer: outbound queue over max_backpressure");
+            self.close_with(
+                close::POLICY,
+                "slow consumer: outbound queue over max_backpressure",
+            );
             ctx.shared.events.emit(|| Event::ClientError {
                 client_id: self.client_id.clone(),
                 message: format!(
@@ -110,7 +121,12 @@ impl Conn {
         }
         let mut session = self.session.borrow_mut();
         if session.compression() && payload.len() >= self.compression_threshold {
-            session.send(text, payload.clone(), self.compression_threshold, &mut *self.out.borrow_mut());
+            session.send(
+                text,
+                payload.clone(),
+                self.compression_threshold,
+                &mut *self.out.borrow_mut(),
+            );
         } else {
             self.out.borrow_mut().push(frame.clone());
         }
@@ -122,9 +138,11 @@ impl Conn {
     /// Queue a ping (heartbeat).
     pub(crate) fn ping(&self) {
         if !self.session.borrow().is_closing() {
-            self.out
-                .borrow_mut()
-                .push(crate::ws::frame::encode(crate::ws::frame::OpCode::Ping, false, b""));
+            self.out.borrow_mut().push(crate::ws::frame::encode(
+                crate::ws::frame::OpCode::Ping,
+                false,
+                b"",
+            ));
             self.wake_writer();
         }
     }
@@ -135,7 +153,9 @@ impl Conn {
         if self.session.borrow().is_closing() {
             return;
         }
-        self.session.borrow_mut().close(code, reason, &mut self.out.borrow_mut());
+        self.session
+            .borrow_mut()
+            .close(code, reason, &mut self.out.borrow_mut());
         self.close_code.set(Some(code));
         self.wake_writer();
         let me = Rc::clone(self);
@@ -238,7 +258,11 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
 /// Read the upgrade request and answer it. Returns the agreed deflate state
 /// (`Some(None)` = upgraded without compression) or `None` if the connection
 /// is done (refused, health check, timeout).
-async fn handshake_phase<S: Stream>(stream: &S, buf: &mut BytesMut, ctx: &ShardCtx) -> Option<Option<Deflate>> {
+async fn handshake_phase<S: Stream>(
+    stream: &S,
+    buf: &mut BytesMut,
+    ctx: &ShardCtx,
+) -> Option<Option<Deflate>> {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let (req, head_len) = loop {
         match handshake::parse_request(buf) {
@@ -264,7 +288,7 @@ async fn handshake_phase<S: Stream>(stream: &S, buf: &mut BytesMut, ctx: &ShardC
             _ => return None,
         }
     };
-    let _ = bytes::Buf::advance(buf, head_len);
+    bytes::Buf::advance(buf, head_len);
     match req.decide() {
         Decision::Health => {
             let body = ctx.shared.health_json();
@@ -280,14 +304,22 @@ async fn handshake_phase<S: Stream>(stream: &S, buf: &mut BytesMut, ctx: &ShardC
             let shared = &ctx.shared;
             let refuse = if shared.stopping.load(Ordering::Acquire) {
                 Some("server is shutting down".to_owned())
-            } else if shared.conn_count.fetch_add(1, Ordering::AcqRel) >= shared.config.max_connections {
+            } else if shared.conn_count.fetch_add(1, Ordering::AcqRel)
+                >= shared.config.max_connections
+            {
                 shared.conn_count.fetch_sub(1, Ordering::AcqRel);
-                Some(format!("max_connections ({}) reached", shared.config.max_connections))
+                Some(format!(
+                    "max_connections ({}) reached",
+                    shared.config.max_connections
+                ))
             } else {
                 None
             };
             if let Some(message) = refuse {
-                let r = Rejection { status: 503, message };
+                let r = Rejection {
+                    status: 503,
+                    message,
+                };
                 write_all(stream, handshake::reject_response(&r).into()).await;
                 return None;
             }
@@ -296,7 +328,8 @@ async fn handshake_phase<S: Stream>(stream: &S, buf: &mut BytesMut, ctx: &ShardC
             } else {
                 None
             };
-            let resp = handshake::accept_response(&accept_key, agreed.as_ref().map(|(_, s)| s.as_str()));
+            let resp =
+                handshake::accept_response(&accept_key, agreed.as_ref().map(|(_, s)| s.as_str()));
             if !write_all(stream, resp.into()).await {
                 shared.conn_count.fetch_sub(1, Ordering::AcqRel);
                 return None;
@@ -334,7 +367,12 @@ async fn linger<S: Stream>(stream: &S) {
     }
 }
 
-async fn read_loop<S: Stream>(stream: &S, conn: &Rc<Conn>, mut buf: BytesMut, ctx: &Rc<ShardCtx>) -> End {
+async fn read_loop<S: Stream>(
+    stream: &S,
+    conn: &Rc<Conn>,
+    mut buf: BytesMut,
+    ctx: &Rc<ShardCtx>,
+) -> End {
     let mut read_size = MIN_READ;
     loop {
         // Everything already buffered first (the handshake may have carried frames).
@@ -354,7 +392,9 @@ async fn read_loop<S: Stream>(stream: &S, conn: &Rc<Conn>, mut buf: BytesMut, ct
                 Ok(None) => break,
                 Err(e) => {
                     debug!(client = %conn.client_id, error = %e, "protocol error");
-                    conn.session.borrow_mut().fail(&e, &mut conn.out.borrow_mut());
+                    conn.session
+                        .borrow_mut()
+                        .fail(&e, &mut conn.out.borrow_mut());
                     conn.close_code.set(Some(e.close_code()));
                     ctx.shared.events.emit(|| Event::ClientError {
                         client_id: conn.client_id.clone(),

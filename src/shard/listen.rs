@@ -68,7 +68,9 @@ pub(crate) fn bind_all(host: &str, port: u16, n: usize) -> Result<Vec<TcpListene
         drop(probe);
     }
     let first = bind_one(addr)?;
-    let actual = first.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let actual = first
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
     let mut out = vec![first];
     for _ in 1..n {
         out.push(bind_one(actual)?);

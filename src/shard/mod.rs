@@ -151,7 +151,10 @@ impl ShardCtx {
             Message::Text(_) | Message::Binary(_) => {
                 // The JSON protocol (issue #3) plugs in here; until then the
                 // server only speaks the echo conformance mode.
-                conn.close_with(close::UNSUPPORTED, "protocol mode not available: run with --echo");
+                conn.close_with(
+                    close::UNSUPPORTED,
+                    "protocol mode not available: run with --echo",
+                );
             }
             Message::Close(_) => {}
         }
@@ -167,7 +170,11 @@ impl ShardCtx {
                 self.stopping.set(true);
                 self.stop.notify_waiters();
             }
-            ShardMsg::Broadcast { text, payload, frame } => {
+            ShardMsg::Broadcast {
+                text,
+                payload,
+                frame,
+            } => {
                 for c in self.snapshot() {
                     c.push_external(self, text, &payload, &frame);
                 }
@@ -206,10 +213,18 @@ pub(crate) fn spawn(
     Ok(ShardHandle { mailbox, thread })
 }
 
-fn shard_main(spec: ShardSpec, inbox: Inbox, ready: std::sync::mpsc::Sender<Result<DriverKind, String>>) {
+fn shard_main(
+    spec: ShardSpec,
+    inbox: Inbox,
+    ready: std::sync::mpsc::Sender<Result<DriverKind, String>>,
+) {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
-            warn!(shard = spec.id, core = core.id, "could not pin shard thread");
+            warn!(
+                shard = spec.id,
+                core = core.id,
+                "could not pin shard thread"
+            );
         }
     }
     let use_uring = match spec.driver {
@@ -221,7 +236,15 @@ fn shard_main(spec: ShardSpec, inbox: Inbox, ready: std::sync::mpsc::Sender<Resu
             Ok(rt) => {
                 rt.block_on(async move {
                     let listener = driver::uring::UringListener::from_std(spec.listener);
-                    run(spec.id, spec.shared, listener, inbox, ready, DriverKind::Uring).await
+                    run(
+                        spec.id,
+                        spec.shared,
+                        listener,
+                        inbox,
+                        ready,
+                        DriverKind::Uring,
+                    )
+                    .await
                 });
                 return;
             }
@@ -325,9 +348,16 @@ async fn run<L: Listener>(
             ctx.conn_gone.wait().await;
         }
     };
-    if tokio::time::timeout(ctx.shared.config.drain_timeout, drain).await.is_err() {
+    if tokio::time::timeout(ctx.shared.config.drain_timeout, drain)
+        .await
+        .is_err()
+    {
         let left = ctx.snapshot();
-        warn!(shard = id, connections = left.len(), "drain timeout: dropping connections");
+        warn!(
+            shard = id,
+            connections = left.len(),
+            "drain timeout: dropping connections"
+        );
         for c in left {
             c.abort();
         }

@@ -17,7 +17,9 @@ pub(crate) struct LocalNotify {
 
 impl std::fmt::Debug for LocalNotify {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalNotify").field("set", &self.set.get()).finish()
+        f.debug_struct("LocalNotify")
+            .field("set", &self.set.get())
+            .finish()
     }
 }
 
@@ -51,7 +53,9 @@ mod tests {
 
     #[test]
     fn notify_before_and_after_wait() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async {
             let n = Rc::new(LocalNotify::default());

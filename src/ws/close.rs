@@ -72,10 +72,14 @@ mod tests {
 
     #[test]
     fn valid_and_invalid_codes() {
-        for c in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for c in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_valid_wire_code(c), "{c}");
         }
-        for c in [0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for c in [
+            0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!is_valid_wire_code(c), "{c}");
         }
     }
@@ -84,8 +88,16 @@ mod tests {
     fn payloads() {
         assert_eq!(parse_close_payload(&[]).unwrap().code, None);
         assert_eq!(parse_close_payload(&[3]), Err(BadClose::Protocol));
-        assert_eq!(parse_close_payload(&[0x03, 0xe8, b'o', b'k']).unwrap().reason, "ok");
-        assert_eq!(parse_close_payload(&[0x03, 0xe8, 0xff]), Err(BadClose::Utf8));
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xe8, b'o', b'k'])
+                .unwrap()
+                .reason,
+            "ok"
+        );
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xe8, 0xff]),
+            Err(BadClose::Utf8)
+        );
         assert_eq!(parse_close_payload(&[0x03, 0xed]), Err(BadClose::Protocol));
     }
 }

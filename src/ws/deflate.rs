@@ -131,9 +131,13 @@ impl Deflate {
     /// Compress one whole message (RFC 7692 §7.2.1: sync flush, tail removed).
     pub fn compress(&mut self, input: &[u8]) -> Vec<u8> {
         let bits = self.params.server_max_window_bits;
-        let c = self
-            .compress
-            .get_or_insert_with(|| Box::new(Compress::new_with_window_bits(Compression::fast(), false, bits)));
+        let c = self.compress.get_or_insert_with(|| {
+            Box::new(Compress::new_with_window_bits(
+                Compression::fast(),
+                false,
+                bits,
+            ))
+        });
         let mut out = Vec::with_capacity(input.len() / 2 + 64);
         let start_in = c.total_in();
         loop {
@@ -182,7 +186,12 @@ impl Deflate {
     }
 }
 
-fn inflate(d: &mut Decompress, input: &[u8], out: &mut Vec<u8>, max_size: usize) -> Result<(), ProtocolError> {
+fn inflate(
+    d: &mut Decompress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    max_size: usize,
+) -> Result<(), ProtocolError> {
     let mut chunk = [0u8; 16 * 1024];
     let mut consumed = 0usize;
     loop {
@@ -190,7 +199,11 @@ fn inflate(d: &mut Decompress, input: &[u8], out: &mut Vec<u8>, max_size: usize)
         let budget = (max_size + 1).saturating_sub(out.len()).min(chunk.len());
         let (in0, out0) = (d.total_in(), d.total_out());
         let status = d
-            .decompress(&input[consumed..], &mut chunk[..budget], FlushDecompress::Sync)
+            .decompress(
+                &input[consumed..],
+                &mut chunk[..budget],
+                FlushDecompress::Sync,
+            )
             .map_err(|_| ProtocolError::BadDeflate)?;
         consumed += (d.total_in() - in0) as usize;
         let produced = (d.total_out() - out0) as usize;
@@ -202,7 +215,8 @@ fn inflate(d: &mut Decompress, input: &[u8], out: &mut Vec<u8>, max_size: usize)
         }
         out.extend_from_slice(&chunk[..produced]);
         let drained = consumed == input.len() && produced < budget;
-        if drained || matches!(status, Status::StreamEnd) || (produced == 0 && d.total_in() == in0) {
+        if drained || matches!(status, Status::StreamEnd) || (produced == 0 && d.total_in() == in0)
+        {
             return Ok(());
         }
     }
@@ -235,7 +249,11 @@ mod tests {
         assert!(negotiate(["x-webkit-deflate-frame"].into_iter()).is_none());
         assert!(negotiate(["permessage-deflate; server_max_window_bits=8"].into_iter()).is_none());
         assert!(negotiate(["permessage-deflate; foo"].into_iter()).is_none());
-        assert!(negotiate(["permessage-deflate; server_no_context_takeover; server_no_context_takeover"].into_iter()).is_none());
+        assert!(negotiate(
+            ["permessage-deflate; server_no_context_takeover; server_no_context_takeover"]
+                .into_iter()
+        )
+        .is_none());
         let (p, _) = negotiate(
             ["permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=9"].into_iter(),
         )
@@ -285,6 +303,8 @@ mod tests {
     fn garbage_is_an_error() {
         let mut rx = Deflate::new(params(false, false, 15));
         let mut out = Vec::new();
-        assert!(rx.decompress(&[0xff, 0xff, 0xff, 0xff, 0x00], true, &mut out, 1 << 20).is_err());
+        assert!(rx
+            .decompress(&[0xff, 0xff, 0xff, 0xff, 0x00], true, &mut out, 1 << 20)
+            .is_err());
     }
 }

@@ -227,7 +227,9 @@ mod tests {
 
     #[test]
     fn parse_lengths() {
-        let h = FrameHeader::parse(&[0x82, 0xFE, 0x01, 0x00, 1, 2, 3, 4]).unwrap().unwrap();
+        let h = FrameHeader::parse(&[0x82, 0xFE, 0x01, 0x00, 1, 2, 3, 4])
+            .unwrap()
+            .unwrap();
         assert_eq!(h.payload_len, 256);
         assert_eq!(h.header_len, 8);
         assert_eq!(h.mask, Some([1, 2, 3, 4]));
@@ -239,10 +241,22 @@ mod tests {
 
     #[test]
     fn parse_rejects() {
-        assert_eq!(FrameHeader::parse(&[0xA1, 0x80]), Err(ProtocolError::ReservedBits));
-        assert_eq!(FrameHeader::parse(&[0x83, 0x80]), Err(ProtocolError::BadOpcode(3)));
-        assert_eq!(FrameHeader::parse(&[0x09, 0x80]), Err(ProtocolError::FragmentedControl));
-        assert_eq!(FrameHeader::parse(&[0x89, 0xFE, 0, 126]), Err(ProtocolError::ControlTooLong(126)));
+        assert_eq!(
+            FrameHeader::parse(&[0xA1, 0x80]),
+            Err(ProtocolError::ReservedBits)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x83, 0x80]),
+            Err(ProtocolError::BadOpcode(3))
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x09, 0x80]),
+            Err(ProtocolError::FragmentedControl)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x89, 0xFE, 0, 126]),
+            Err(ProtocolError::ControlTooLong(126))
+        );
         let mut b = vec![0x82, 0xFF];
         b.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(FrameHeader::parse(&b), Err(ProtocolError::BadLength));

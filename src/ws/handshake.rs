@@ -127,7 +127,9 @@ fn valid_key(key: &str) -> bool {
     // 16 random bytes, base64: 24 characters ending in "==".
     key.len() == 24
         && key.ends_with("==")
-        && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 impl Request {
@@ -144,13 +146,22 @@ impl Request {
             return Decision::Reject(Rejection::new(400, "WebSocket upgrade needs HTTP/1.1"));
         }
         if !has_token(self.upgrade.as_deref(), "websocket") {
-            return Decision::Reject(Rejection::new(400, "missing or invalid Upgrade: websocket header"));
+            return Decision::Reject(Rejection::new(
+                400,
+                "missing or invalid Upgrade: websocket header",
+            ));
         }
         if !has_token(self.connection.as_deref(), "upgrade") {
-            return Decision::Reject(Rejection::new(400, "missing or invalid Connection: Upgrade header"));
+            return Decision::Reject(Rejection::new(
+                400,
+                "missing or invalid Connection: Upgrade header",
+            ));
         }
         if self.version.as_deref() != Some("13") {
-            return Decision::Reject(Rejection::new(426, "unsupported Sec-WebSocket-Version: use 13"));
+            return Decision::Reject(Rejection::new(
+                426,
+                "unsupported Sec-WebSocket-Version: use 13",
+            ));
         }
         match self.key.as_deref() {
             Some(k) if valid_key(k) => Decision::Accept {
@@ -246,23 +257,38 @@ mod tests {
         };
         assert_eq!(status(&GOOD.replace("GET", "POST")), 405);
         assert_eq!(status(&GOOD.replace("Upgrade: websocket\r\n", "")), 400);
-        assert_eq!(status(&GOOD.replace("Upgrade: websocket", "Upgrade: h2c")), 400);
-        assert_eq!(status(&GOOD.replace("keep-alive, Upgrade", "keep-alive")), 400);
+        assert_eq!(
+            status(&GOOD.replace("Upgrade: websocket", "Upgrade: h2c")),
+            400
+        );
+        assert_eq!(
+            status(&GOOD.replace("keep-alive, Upgrade", "keep-alive")),
+            400
+        );
         assert_eq!(status(&GOOD.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")), 400);
+        assert_eq!(
+            status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
+            400
+        );
         assert_eq!(status(&GOOD.replace("HTTP/1.1", "HTTP/1.0")), 400);
     }
 
     #[test]
     fn health() {
-        assert_eq!(decide("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"), Decision::Health);
+        assert_eq!(
+            decide("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Decision::Health
+        );
     }
 
     #[test]
     fn too_large_and_garbage() {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
         assert_eq!(parse_request(big.as_bytes()), Err(HandshakeError::TooLarge));
-        assert!(matches!(parse_request(b"\x16\x03\x01garbage\r\n\r\n"), Err(HandshakeError::Malformed(_))));
+        assert!(matches!(
+            parse_request(b"\x16\x03\x01garbage\r\n\r\n"),
+            Err(HandshakeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -179,7 +179,9 @@ impl Session {
     /// parsed: a hint for sizing the next read.
     pub fn wanted(&self, buf: &[u8]) -> usize {
         match FrameHeader::parse(buf) {
-            Ok(Some(h)) => h.header_len.saturating_add(h.payload_len.min(self.limits.max_message_size as u64) as usize),
+            Ok(Some(h)) => h
+                .header_len
+                .saturating_add(h.payload_len.min(self.limits.max_message_size as u64) as usize),
             _ => 14,
         }
     }
@@ -189,7 +191,11 @@ impl Session {
     ///
     /// On `Err` the caller sends `encode_close(err.close_code(), ..)` via
     /// [`Session::fail`] and stops reading.
-    pub fn read(&mut self, buf: &mut BytesMut, out: &mut OutQueue) -> Result<Option<Message>, ProtocolError> {
+    pub fn read(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut OutQueue,
+    ) -> Result<Option<Message>, ProtocolError> {
         loop {
             if self.state == State::Closed {
                 return Ok(None);
@@ -268,10 +274,17 @@ impl Session {
     /// it for bad UTF-8 if it belongs to an uncompressed text message, so a
     /// bad byte fails the message before the rest of the frame arrives.
     /// Each byte is unmasked once however many reads the frame takes.
-    fn progress_partial(&mut self, h: &FrameHeader, buf: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn progress_partial(
+        &mut self,
+        h: &FrameHeader,
+        buf: &mut BytesMut,
+    ) -> Result<(), ProtocolError> {
         let text = match h.opcode {
             OpCode::Text => !h.rsv1,
-            OpCode::Continue => self.partial.as_ref().is_some_and(|p| p.text && !p.compressed),
+            OpCode::Continue => self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.text && !p.compressed),
             _ => false,
         };
         let avail = buf.len().saturating_sub(h.header_len);
@@ -290,12 +303,19 @@ impl Session {
         apply_mask(chunk, h.mask.unwrap_or_default(), pf.unmasked);
         pf.unmasked = avail;
         if text {
-            pf.probe.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+            pf.probe
+                .feed(chunk)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         Ok(())
     }
 
-    fn on_frame(&mut self, h: FrameHeader, payload: BytesMut, out: &mut OutQueue) -> Result<Option<Message>, ProtocolError> {
+    fn on_frame(
+        &mut self,
+        h: FrameHeader,
+        payload: BytesMut,
+        out: &mut OutQueue,
+    ) -> Result<Option<Message>, ProtocolError> {
         match h.opcode {
             OpCode::Ping => {
                 if self.state == State::Open {
@@ -326,7 +346,11 @@ impl Session {
                         return Ok(None);
                     }
                     let b = payload.freeze();
-                    return Ok(Some(if text { Message::Text(b) } else { Message::Binary(b) }));
+                    return Ok(Some(if text {
+                        Message::Text(b)
+                    } else {
+                        Message::Binary(b)
+                    }));
                 }
                 self.utf8 = Utf8Validator::new();
                 self.partial = Some(Partial {
@@ -351,7 +375,9 @@ impl Session {
             p.data.extend_from_slice(&payload);
         }
         if p.text {
-            self.utf8.feed(&p.data[start..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            self.utf8
+                .feed(&p.data[start..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         if !fin {
             return Ok(None);
@@ -364,12 +390,22 @@ impl Session {
             return Ok(None);
         }
         let b = Bytes::from(p.data);
-        Ok(Some(if p.text { Message::Text(b) } else { Message::Binary(b) }))
+        Ok(Some(if p.text {
+            Message::Text(b)
+        } else {
+            Message::Binary(b)
+        }))
     }
 
     /// Encode a data message for this connection (compressed if agreed and
     /// the payload is at least `threshold` bytes) and queue it.
-    pub fn send(&mut self, text: bool, payload: Bytes, threshold: usize, out: &mut impl Extend<Bytes>) {
+    pub fn send(
+        &mut self,
+        text: bool,
+        payload: Bytes,
+        threshold: usize,
+        out: &mut impl Extend<Bytes>,
+    ) {
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         match &mut self.deflate {
             Some(d) if payload.len() >= threshold => {
@@ -394,5 +430,194 @@ impl Session {
             out.push(frame::encode_close(err.close_code(), &err.to_string()));
         }
         self.state = State::Closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Encode a masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![(fin as u8) << 7 | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// Split `payload` into fragments at the given cut points and encode them.
+    fn encode_message(text: bool, payload: &[u8], cuts: &[usize], key: [u8; 4]) -> Vec<u8> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (payload.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut first = true;
+        for &p in points.iter().chain(std::iter::once(&payload.len())) {
+            if p < start || (p == start && p != payload.len()) {
+                continue;
+            }
+            let last = p == payload.len();
+            let op = if first {
+                if text {
+                    1
+                } else {
+                    2
+                }
+            } else {
+                0
+            };
+            out.extend(client_frame(last, op, &payload[start..p], key));
+            first = false;
+            start = p;
+            if last {
+                break;
+            }
+        }
+        out
+    }
+
+    fn session() -> Session {
+        Session::new(
+            Limits {
+                max_message_size: 1 << 20,
+            },
+            None,
+        )
+    }
+
+    /// Feed `wire` in chunks of the given sizes; collect messages.
+    fn run(wire: &[u8], chunks: &[usize]) -> Result<Vec<Message>, ProtocolError> {
+        let mut s = session();
+        let mut out = OutQueue::default();
+        let mut buf = BytesMut::new();
+        let mut msgs = Vec::new();
+        let mut pos = 0;
+        let mut i = 0;
+        while pos < wire.len() {
+            let n = chunks
+                .get(i)
+                .copied()
+                .unwrap_or(wire.len())
+                .clamp(1, wire.len() - pos);
+            i += 1;
+            buf.extend_from_slice(&wire[pos..pos + n]);
+            pos += n;
+            while let Some(m) = s.read(&mut buf, &mut out)? {
+                msgs.push(m);
+            }
+        }
+        Ok(msgs)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// encode → decode is the identity for any payloads, any
+        /// fragmentation and any way the bytes are split across reads.
+        #[test]
+        fn round_trip(
+            msgs in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..3000), prop::collection::vec(any::<usize>(), 0..5)), 1..6),
+            chunks in prop::collection::vec(1usize..2000, 0..40),
+            key in any::<[u8; 4]>(),
+        ) {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for (text, bytes, cuts) in &msgs {
+                let payload = if *text {
+                    String::from_utf8_lossy(bytes).into_owned().into_bytes()
+                } else {
+                    bytes.clone()
+                };
+                wire.extend(encode_message(*text, &payload, cuts, key));
+                expected.push(if *text {
+                    Message::Text(Bytes::from(payload))
+                } else {
+                    Message::Binary(Bytes::from(payload))
+                });
+            }
+            prop_assert_eq!(run(&wire, &chunks).unwrap(), expected);
+        }
+
+        /// Arbitrary bytes never panic; a failure is a ProtocolError with a
+        /// close code the RFC allows.
+        #[test]
+        fn arbitrary_input_never_panics(data in prop::collection::vec(any::<u8>(), 0..4096), chunks in prop::collection::vec(1usize..512, 0..20)) {
+            if let Err(e) = run(&data, &chunks) {
+                prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+            }
+        }
+    }
+
+    #[test]
+    fn ping_is_answered_and_close_is_echoed() {
+        let mut s = session();
+        let mut out = OutQueue::default();
+        let mut buf = BytesMut::from(&client_frame(true, 9, b"hi", [1, 2, 3, 4])[..]);
+        assert_eq!(s.read(&mut buf, &mut out).unwrap(), None);
+        assert_eq!(out.bytes(), 4);
+        buf.extend_from_slice(&client_frame(true, 8, &1000u16.to_be_bytes(), [1, 2, 3, 4]));
+        assert!(matches!(
+            s.read(&mut buf, &mut out).unwrap(),
+            Some(Message::Close(_))
+        ));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn out_queue_requeues_partial_writes_in_order() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b"defg"));
+        q.push(Bytes::from_static(b"h"));
+        let mut batch = Vec::new();
+        q.take_batch(&mut batch, 8);
+        q.written(&mut batch, 5);
+        assert_eq!(q.bytes(), 3);
+        q.take_batch(&mut batch, 8);
+        assert_eq!(
+            batch,
+            vec![Bytes::from_static(b"fg"), Bytes::from_static(b"h")]
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_from_its_header() {
+        let mut s = Session::new(
+            Limits {
+                max_message_size: 100,
+            },
+            None,
+        );
+        let mut out = OutQueue::default();
+        let f = client_frame(true, 2, &[0; 200], [0; 4]);
+        let mut buf = BytesMut::from(&f[..8]);
+        assert!(matches!(
+            s.read(&mut buf, &mut out),
+            Err(ProtocolError::MessageTooBig { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_utf8_fails_before_the_frame_completes() {
+        let mut s = session();
+        let mut out = OutQueue::default();
+        let mut payload = vec![b'a'; 100];
+        payload.extend_from_slice(&[0xff; 100]);
+        let f = client_frame(true, 1, &payload, [5, 6, 7, 8]);
+        let mut buf = BytesMut::from(&f[..8 + 150]);
+        assert_eq!(s.read(&mut buf, &mut out), Err(ProtocolError::InvalidUtf8));
     }
 }

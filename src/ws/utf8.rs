@@ -80,7 +80,9 @@ mod tests {
         (0..=s.len())
             .map(|i| {
                 let mut v = Utf8Validator::new();
-                v.feed(&s[..i]).and_then(|_| v.feed(&s[i..])).and_then(|_| v.finish())
+                v.feed(&s[..i])
+                    .and_then(|_| v.feed(&s[i..]))
+                    .and_then(|_| v.finish())
             })
             .collect()
     }
@@ -119,7 +121,12 @@ mod tests {
 
     #[test]
     fn surrogates_and_overlongs_rejected() {
-        for bad in [&[0xED, 0xA0, 0x80][..], &[0xC0, 0xAF], &[0xFF], &[0xE0, 0x80, 0xAF]] {
+        for bad in [
+            &[0xED, 0xA0, 0x80][..],
+            &[0xC0, 0xAF],
+            &[0xFF],
+            &[0xE0, 0x80, 0xAF],
+        ] {
             assert!(split_everywhere(bad).iter().all(|r| r.is_err()), "{bad:x?}");
         }
     }

@@ -18,15 +18,32 @@ async fn serve_echo_then_sigterm_exits_zero() {
     use tokio_tungstenite::tungstenite::Message;
     for driver in ["uring", "epoll"] {
         let mut child = bin()
-            .args(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", "--shards", "2"])
+            .args([
+                "serve",
+                "--echo",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--shards",
+                "2",
+            ])
             .args(["--io-driver", driver, "--log-level", "warn"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("wshandler listening on ").expect(&line).to_owned();
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("wshandler listening on ")
+            .expect(&line)
+            .to_owned();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
         ws.send(Message::text("ping?")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping?"));
         // SAFETY-free: libc::kill on our own child's PID.
@@ -49,16 +66,26 @@ fn unsafe_kill(pid: u32, sig: i32) -> i32 {
 
 #[test]
 fn bad_config_exits_2_naming_the_field() {
-    let out = bin().args(["serve", "--echo"]).env("WSH_SHARDS", "0").output().unwrap();
+    let out = bin()
+        .args(["serve", "--echo"])
+        .env("WSH_SHARDS", "0")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shards"), "{err}");
 
-    let out = bin().args(["serve", "--set", "log_level=loud"]).output().unwrap();
+    let out = bin()
+        .args(["serve", "--set", "log_level=loud"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("log_level"));
 
-    let out = bin().args(["serve", "--set", "nonsense=1"]).output().unwrap();
+    let out = bin()
+        .args(["serve", "--set", "nonsense=1"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
 }
@@ -73,7 +100,10 @@ async fn port_in_use_names_the_address() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("address {} is already in use", srv.addr)), "{err}");
+    assert!(
+        err.contains(&format!("address {} is already in use", srv.addr)),
+        "{err}"
+    );
     srv.stop().await;
 }
 
@@ -81,7 +111,11 @@ async fn port_in_use_names_the_address() {
 fn config_subcommand_shows_layers() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.toml");
-    std::fs::write(&file, "port = 9100\nheartbeat_interval = 15000\nmax_connections = 50\n").unwrap();
+    std::fs::write(
+        &file,
+        "port = 9100\nheartbeat_interval = 15000\nmax_connections = 50\n",
+    )
+    .unwrap();
     let out = bin()
         .args(["config", "--config"])
         .arg(&file)
@@ -89,7 +123,11 @@ fn config_subcommand_shows_layers() {
         .env("WSH_PORT", "9200")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cfg: wshandler::Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(cfg.port, 9200); // env beats file
     assert_eq!(cfg.max_connections, 70); // flag beats file

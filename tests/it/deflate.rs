@@ -18,7 +18,8 @@ fn inflate(d: &mut Decompress, data: &[u8]) -> Vec<u8> {
     let mut input = data.to_vec();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(1 << 20);
-    d.decompress_vec(&input, &mut out, FlushDecompress::Sync).unwrap();
+    d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .unwrap();
     out
 }
 
@@ -30,15 +31,22 @@ both_drivers!(negotiates_and_round_trips_compressed_messages, |driver| {
     )
     .await;
     assert!(
-        c.response_head
-            .contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"),
+        c.response_head.contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ),
         "{}",
         c.response_head
     );
     let mut tx = Compress::new_with_window_bits(Compression::default(), false, 15);
     let text = "temperature=21.5 humidity=40 ".repeat(100);
     for _ in 0..3 {
-        c.send(&client_frame(true, true, 1, &compress(&mut tx, text.as_bytes()))).await;
+        c.send(&client_frame(
+            true,
+            true,
+            1,
+            &compress(&mut tx, text.as_bytes()),
+        ))
+        .await;
         let f = c.read_frame().await.unwrap();
         assert!(f.rsv1, "a large echo comes back compressed");
         assert!(f.payload.len() < text.len());
@@ -47,7 +55,8 @@ both_drivers!(negotiates_and_round_trips_compressed_messages, |driver| {
         assert_eq!(inflate(&mut fresh, &f.payload), text.as_bytes());
     }
     // Under the compression threshold the echo is sent plain.
-    c.send(&client_frame(true, true, 1, &compress(&mut tx, b"short"))).await;
+    c.send(&client_frame(true, true, 1, &compress(&mut tx, b"short")))
+        .await;
     let f = c.read_frame().await.unwrap();
     assert!(!f.rsv1);
     assert_eq!(f.payload, b"short");
@@ -64,17 +73,23 @@ both_drivers!(negotiates_and_round_trips_compressed_messages, |driver| {
 
 both_drivers!(deflate_bomb_is_closed_with_1009, |driver| {
     let srv = TestServer::start(test_config(driver)).await; // echo: limit 16 MiB
-    let mut c = RawClient::connect_with(srv.addr, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
+    let mut c =
+        RawClient::connect_with(srv.addr, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
     let mut tx = Compress::new_with_window_bits(Compression::best(), false, 15);
     let mut bomb = Vec::new();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..32 {
         let mut out = Vec::with_capacity(64 * 1024);
-        tx.compress_vec(&zeros, &mut out, FlushCompress::None).unwrap();
+        tx.compress_vec(&zeros, &mut out, FlushCompress::None)
+            .unwrap();
         bomb.extend_from_slice(&out);
     }
     bomb.extend(compress(&mut tx, b""));
-    assert!(bomb.len() < 100_000, "32 MiB of zeros compress to {} bytes", bomb.len());
+    assert!(
+        bomb.len() < 100_000,
+        "32 MiB of zeros compress to {} bytes",
+        bomb.len()
+    );
     c.send(&client_frame(true, true, 2, &bomb)).await;
     assert_eq!(c.expect_close().await, Some(1009));
     srv.stop().await;
@@ -84,8 +99,13 @@ both_drivers!(compression_off_means_no_extension, |driver| {
     let mut cfg = test_config(driver);
     cfg.enable_compression = false;
     let srv = TestServer::start(cfg).await;
-    let mut c = RawClient::connect_with(srv.addr, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
-    assert!(!c.response_head.contains("Sec-WebSocket-Extensions"), "{}", c.response_head);
+    let mut c =
+        RawClient::connect_with(srv.addr, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
+    assert!(
+        !c.response_head.contains("Sec-WebSocket-Extensions"),
+        "{}",
+        c.response_head
+    );
     c.send(&client_frame(true, true, 1, b"\x00")).await;
     assert_eq!(c.expect_close().await, Some(1002));
     srv.stop().await;

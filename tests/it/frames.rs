@@ -8,9 +8,11 @@ both_drivers!(fragmented_messages_are_reassembled, |driver| {
     let srv = TestServer::start(test_config(driver)).await;
     let mut c = RawClient::connect(srv.addr).await;
     // Text in three fragments with a ping in the middle.
-    c.send(&client_frame(false, false, 1, "κό".as_bytes())).await;
+    c.send(&client_frame(false, false, 1, "κό".as_bytes()))
+        .await;
     c.send(&client_frame(true, false, 9, b"mid")).await;
-    c.send(&client_frame(false, false, 0, "σμ".as_bytes())).await;
+    c.send(&client_frame(false, false, 0, "σμ".as_bytes()))
+        .await;
     c.send(&client_frame(true, false, 0, "ε!".as_bytes())).await;
     let pong = c.read_frame().await.unwrap();
     assert_eq!((pong.opcode, pong.payload.as_slice()), (10, &b"mid"[..]));
@@ -83,26 +85,66 @@ both_drivers!(protocol_violations_get_the_right_close_code, |driver| {
     let mut rsv2 = client_frame(true, false, 1, b"x");
     rsv2[0] |= 0x20;
     assert_eq!(close_code_for(a, &[rsv2]).await, Some(1002));
-    assert_eq!(close_code_for(a, &[client_frame(true, true, 1, b"x")]).await, Some(1002));
-    // Reserved opcodes.
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 3, b"")]).await, Some(1002));
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 0xB, b"")]).await, Some(1002));
-    // Control frame too long, fragmented control frame.
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 9, &[0; 126])]).await, Some(1002));
-    assert_eq!(close_code_for(a, &[client_frame(false, false, 9, b"")]).await, Some(1002));
-    // Continuation with nothing to continue; data frame inside a fragmented message.
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 0, b"x")]).await, Some(1002));
     assert_eq!(
-        close_code_for(a, &[client_frame(false, false, 1, b"a"), client_frame(true, false, 1, b"b")]).await,
+        close_code_for(a, &[client_frame(true, true, 1, b"x")]).await,
+        Some(1002)
+    );
+    // Reserved opcodes.
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 3, b"")]).await,
+        Some(1002)
+    );
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 0xB, b"")]).await,
+        Some(1002)
+    );
+    // Control frame too long, fragmented control frame.
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 9, &[0; 126])]).await,
+        Some(1002)
+    );
+    assert_eq!(
+        close_code_for(a, &[client_frame(false, false, 9, b"")]).await,
+        Some(1002)
+    );
+    // Continuation with nothing to continue; data frame inside a fragmented message.
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 0, b"x")]).await,
+        Some(1002)
+    );
+    assert_eq!(
+        close_code_for(
+            a,
+            &[
+                client_frame(false, false, 1, b"a"),
+                client_frame(true, false, 1, b"b")
+            ]
+        )
+        .await,
         Some(1002)
     );
     // Invalid UTF-8: whole frame, and fail-fast on the first bad fragment.
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 1, &[0xce, 0xba, 0xff])]).await, Some(1007));
-    assert_eq!(close_code_for(a, &[client_frame(false, false, 1, &[0xf4, 0x90])]).await, Some(1007));
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 1, &[0xce, 0xba, 0xff])]).await,
+        Some(1007)
+    );
+    assert_eq!(
+        close_code_for(a, &[client_frame(false, false, 1, &[0xf4, 0x90])]).await,
+        Some(1007)
+    );
     // Bad close frames: one-byte payload, reserved code, non-UTF-8 reason.
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 8, &[3])]).await, Some(1002));
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 8, &1005u16.to_be_bytes())]).await, Some(1002));
-    assert_eq!(close_code_for(a, &[client_frame(true, false, 8, &[0x03, 0xe8, 0xff])]).await, Some(1007));
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 8, &[3])]).await,
+        Some(1002)
+    );
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 8, &1005u16.to_be_bytes())]).await,
+        Some(1002)
+    );
+    assert_eq!(
+        close_code_for(a, &[client_frame(true, false, 8, &[0x03, 0xe8, 0xff])]).await,
+        Some(1007)
+    );
     srv.stop().await;
 });
 

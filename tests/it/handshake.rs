@@ -19,7 +19,10 @@ both_drivers!(accepts_and_echoes_with_tungstenite, |driver| {
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![1u8, 2, 3]));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![1u8, 2, 3])
+    );
     srv.stop().await;
 });
 
@@ -40,7 +43,11 @@ both_drivers!(refuses_bad_upgrades_with_the_right_status, |driver| {
     assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
     assert!(r.contains("Upgrade"), "{r}");
 
-    let r = http(srv.addr, &good("").replace("Connection: Upgrade", "Connection: close")).await;
+    let r = http(
+        srv.addr,
+        &good("").replace("Connection: Upgrade", "Connection: close"),
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
 
     let r = http(srv.addr, &good("").replace("Version: 13", "Version: 8")).await;
@@ -56,7 +63,10 @@ both_drivers!(refuses_bad_upgrades_with_the_right_status, |driver| {
 
     // Every refusal carries a correct Content-Length.
     let body = r.split("\r\n\r\n").nth(1).unwrap();
-    assert!(r.contains(&format!("Content-Length: {}\r\n", body.len())), "{r}");
+    assert!(
+        r.contains(&format!("Content-Length: {}\r\n", body.len())),
+        "{r}"
+    );
 
     // The server is still fine afterwards.
     let mut c = RawClient::connect(srv.addr).await;
@@ -71,7 +81,8 @@ both_drivers!(health_answers_json, |driver| {
     let r = http(srv.addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
     assert!(r.contains("Content-Type: application/json"), "{r}");
-    let body: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["connections"], 1);
     assert_eq!(body["shards"], 2);

@@ -16,7 +16,8 @@ both_drivers!(stop_closes_every_connection_with_1001, |driver| {
     let answers = clients.into_iter().map(|mut c| {
         tokio::spawn(async move {
             let code = c.expect_close().await;
-            c.send(&client_frame(true, false, 8, &1001u16.to_be_bytes())).await;
+            c.send(&client_frame(true, false, 8, &1001u16.to_be_bytes()))
+                .await;
             let eof = c.read_frame().await.is_none();
             (code, eof)
         })
@@ -31,16 +32,22 @@ both_drivers!(stop_closes_every_connection_with_1001, |driver| {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 });
 
-both_drivers!(stop_does_not_wait_past_drain_timeout_for_silent_clients, |driver| {
-    let mut cfg = test_config(driver);
-    cfg.drain_timeout = std::time::Duration::from_millis(500);
-    let srv = TestServer::start(cfg).await;
-    // This client never answers the close frame.
-    let mut c = RawClient::connect(srv.addr).await;
-    let stop = tokio::spawn(srv.stop());
-    assert_eq!(c.expect_close().await, Some(1001));
-    tokio::time::timeout(WAIT, stop).await.expect("stop returned").unwrap();
-});
+both_drivers!(
+    stop_does_not_wait_past_drain_timeout_for_silent_clients,
+    |driver| {
+        let mut cfg = test_config(driver);
+        cfg.drain_timeout = std::time::Duration::from_millis(500);
+        let srv = TestServer::start(cfg).await;
+        // This client never answers the close frame.
+        let mut c = RawClient::connect(srv.addr).await;
+        let stop = tokio::spawn(srv.stop());
+        assert_eq!(c.expect_close().await, Some(1001));
+        tokio::time::timeout(WAIT, stop)
+            .await
+            .expect("stop returned")
+            .unwrap();
+    }
+);
 
 both_drivers!(port_in_use_is_a_clear_error, |driver| {
     let srv = TestServer::start(test_config(driver)).await;
@@ -48,7 +55,10 @@ both_drivers!(port_in_use_is_a_clear_error, |driver| {
     cfg.port = srv.addr.port();
     let mut second = wshandler::WebSocketHandler::new(cfg);
     let err = second.start().await.unwrap_err();
-    assert!(matches!(err, wshandler::ServerError::AddrInUse { .. }), "{err:?}");
+    assert!(
+        matches!(err, wshandler::ServerError::AddrInUse { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains(&srv.addr.to_string()), "{err}");
     srv.stop().await;
 });
@@ -57,14 +67,25 @@ both_drivers!(connect_and_disconnect_events, |driver| {
     let srv = TestServer::start(test_config(driver)).await;
     let events = srv.server.subscribe_events();
     let mut c = RawClient::connect(srv.addr).await;
-    let id = match wait_event(&events, |e| matches!(e, wshandler::Event::ClientConnected { .. })).await {
+    let id = match wait_event(&events, |e| {
+        matches!(e, wshandler::Event::ClientConnected { .. })
+    })
+    .await
+    {
         wshandler::Event::ClientConnected { client_id, .. } => client_id,
         _ => unreachable!(),
     };
-    c.send(&client_frame(true, false, 8, &1000u16.to_be_bytes())).await;
+    c.send(&client_frame(true, false, 8, &1000u16.to_be_bytes()))
+        .await;
     assert_eq!(c.expect_close().await, Some(1000));
-    match wait_event(&events, |e| matches!(e, wshandler::Event::ClientDisconnected { .. })).await {
-        wshandler::Event::ClientDisconnected { client_id, code, .. } => {
+    match wait_event(&events, |e| {
+        matches!(e, wshandler::Event::ClientDisconnected { .. })
+    })
+    .await
+    {
+        wshandler::Event::ClientDisconnected {
+            client_id, code, ..
+        } => {
             assert_eq!(client_id, id);
             assert_eq!(code, Some(1000));
         }

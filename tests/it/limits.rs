@@ -42,7 +42,9 @@ both_drivers!(max_connections_is_enforced_across_shards, |driver| {
     assert_eq!(srv.server.connection_count(), 3);
     // A slot frees when a client leaves.
     let mut first = held.remove(0);
-    first.send(&client_frame(true, false, 8, &1000u16.to_be_bytes())).await;
+    first
+        .send(&client_frame(true, false, 8, &1000u16.to_be_bytes()))
+        .await;
     assert_eq!(first.expect_close().await, Some(1000));
     let deadline = tokio::time::Instant::now() + WAIT;
     while srv.server.connection_count() > 2 {
@@ -78,7 +80,12 @@ both_drivers!(slow_consumer_is_closed_with_1008, |driver| {
     }
     let ev = match seen {
         Some(ev) => ev,
-        None => wait_event(&events, |e| matches!(e, wshandler::Event::ClientError { .. })).await,
+        None => {
+            wait_event(&events, |e| {
+                matches!(e, wshandler::Event::ClientError { .. })
+            })
+            .await
+        }
     };
     match ev {
         wshandler::Event::ClientError { code, message, .. } => {
@@ -88,7 +95,10 @@ both_drivers!(slow_consumer_is_closed_with_1008, |driver| {
         _ => unreachable!(),
     }
     // The slow client is dropped; the server and the healthy client carry on.
-    wait_event(&events, |e| matches!(e, wshandler::Event::ClientDisconnected { .. })).await;
+    wait_event(&events, |e| {
+        matches!(e, wshandler::Event::ClientDisconnected { .. })
+    })
+    .await;
     assert_eq!(srv.server.connection_count(), 1);
     healthy.send(&client_frame(true, false, 1, b"alive")).await;
     loop {
@@ -101,40 +111,49 @@ both_drivers!(slow_consumer_is_closed_with_1008, |driver| {
     srv.stop().await;
 });
 
-both_drivers!(heartbeat_closes_silent_peers_and_keeps_live_ones, |driver| {
-    use futures_util::StreamExt;
-    let mut cfg = test_config(driver);
-    cfg.enable_heartbeat = true;
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    let srv = TestServer::start(cfg).await;
-    // tungstenite answers pings while it is being read: it stays.
-    let (ws, _) = tokio_tungstenite::connect_async(srv.url()).await.unwrap();
-    let (_tx, mut rx) = ws.split();
-    let reader = tokio::spawn(async move {
-        let mut pings = 0;
-        while let Some(Ok(m)) = rx.next().await {
-            if m.is_ping() {
-                pings += 1;
-                if pings == 8 {
-                    return pings;
+both_drivers!(
+    heartbeat_closes_silent_peers_and_keeps_live_ones,
+    |driver| {
+        use futures_util::StreamExt;
+        let mut cfg = test_config(driver);
+        cfg.enable_heartbeat = true;
+        cfg.heartbeat_interval = Duration::from_millis(100);
+        let srv = TestServer::start(cfg).await;
+        // tungstenite answers pings while it is being read: it stays.
+        let (ws, _) = tokio_tungstenite::connect_async(srv.url()).await.unwrap();
+        let (_tx, mut rx) = ws.split();
+        let reader = tokio::spawn(async move {
+            let mut pings = 0;
+            while let Some(Ok(m)) = rx.next().await {
+                if m.is_ping() {
+                    pings += 1;
+                    if pings == 8 {
+                        return pings;
+                    }
                 }
             }
-        }
-        pings
-    });
-    // A raw client that never sends anything is closed (1008) after ~2-3 intervals.
-    let mut silent = RawClient::connect(srv.addr).await;
-    let mut pings = 0;
-    let code = loop {
-        let f = silent.read_frame().await.expect("closed without a close frame");
-        match f.opcode {
-            9 => pings += 1,
-            8 => break f.close_code(),
-            _ => {}
-        }
-    };
-    assert_eq!(code, Some(1008));
-    assert!(pings >= 1);
-    assert_eq!(tokio::time::timeout(WAIT, reader).await.unwrap().unwrap(), 8);
-    srv.stop().await;
-});
+            pings
+        });
+        // A raw client that never sends anything is closed (1008) after ~2-3 intervals.
+        let mut silent = RawClient::connect(srv.addr).await;
+        let mut pings = 0;
+        let code = loop {
+            let f = silent
+                .read_frame()
+                .await
+                .expect("closed without a close frame");
+            match f.opcode {
+                9 => pings += 1,
+                8 => break f.close_code(),
+                _ => {}
+            }
+        };
+        assert_eq!(code, Some(1008));
+        assert!(pings >= 1);
+        assert_eq!(
+            tokio::time::timeout(WAIT, reader).await.unwrap().unwrap(),
+            8
+        );
+        srv.stop().await;
+    }
+);

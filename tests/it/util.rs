@@ -103,7 +103,8 @@ pub struct ServerFrame {
 
 impl ServerFrame {
     pub fn close_code(&self) -> Option<u16> {
-        (self.opcode == 8 && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 }
 
@@ -148,7 +149,10 @@ impl RawClient {
                 return head;
             }
             let mut tmp = [0u8; 4096];
-            let n = tokio::time::timeout(WAIT, self.stream.read(&mut tmp)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut tmp))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "EOF before response head");
             self.buf.extend_from_slice(&tmp[..n]);
         }
@@ -166,7 +170,10 @@ impl RawClient {
                 return Some(f);
             }
             let mut tmp = vec![0u8; 64 * 1024];
-            match tokio::time::timeout(WAIT, self.stream.read(&mut tmp)).await.expect("read timed out") {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut tmp))
+                .await
+                .expect("read timed out")
+            {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }
@@ -191,7 +198,10 @@ fn parse_server_frame(b: &[u8]) -> Option<(ServerFrame, usize)> {
     assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
     let (len, hl) = match b[1] & 0x7f {
         126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-        127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+        127 if b.len() >= 10 => (
+            u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
         126 | 127 => return None,
         n => (n as usize, 2),
     };
@@ -214,7 +224,10 @@ pub async fn http(addr: SocketAddr, request: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
 

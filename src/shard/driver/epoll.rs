@@ -12,7 +12,9 @@ use super::{Listener, Stream};
 
 /// A current-thread tokio runtime with the I/O and time drivers.
 pub(crate) fn runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 pub(crate) struct EpollStream(tokio::net::TcpStream);
