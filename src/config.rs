@@ -33,7 +33,7 @@ pub const ENV_PREFIX: &str = "WSH_";
 
 /// `WSH_*` variables that are not fields and are skipped by [`Config::load`]
 /// (`WSH_CONFIG` names the config file; `main` reads it, not this module).
-pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG"];
+pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG", "WSH_LOG"];
 
 /// Log levels accepted by `log_level`, most to least verbose.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];

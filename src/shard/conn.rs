@@ -191,10 +191,15 @@ enum End {
 pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardCtx>) {
     let stream = Rc::new(stream);
     let mut buf = BytesMut::new();
-    let Some(deflate) = handshake_phase(&*stream, &mut buf, &ctx).await else {
-        linger(&*stream).await;
+    // Boxed: the handshake's state is freed once it is done instead of
+    // staying inline (as dead space) in every connection's task.
+    let Some(deflate) = Box::pin(handshake_phase(&*stream, &mut buf, &ctx)).await else {
+        Box::pin(linger(&*stream)).await;
         return;
     };
+    if buf.is_empty() {
+        buf = BytesMut::new(); // the read loop sizes its own buffer
+    }
     // From here on we hold one slot of max_connections (taken in handshake_phase).
     let cfg = &ctx.shared.config;
     let key = ctx.next_key();
@@ -235,14 +240,17 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     conn.wake_writer();
     if end != End::Killed {
         let abort = writer.abort_handle();
-        if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+        if Box::pin(tokio::time::timeout(FLUSH_TIMEOUT, writer))
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     } else {
         writer.abort();
     }
     if end != End::Killed {
-        linger(&*stream).await;
+        Box::pin(linger(&*stream)).await;
     }
     ctx.remove(conn.key);
     ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
