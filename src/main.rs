@@ -147,25 +147,40 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // Handlers first: a signal that arrives right after the "listening"
+        // line must stop the server gracefully, not kill the process.
+        let signals = Signals::install()?;
         let mut server = WebSocketHandler::new(cfg);
         server.start().await?;
         let addr = server.local_addr().expect("started");
         // Tools (tests, the loadtest --spawn mode) read this line for the port.
         println!("wshandler listening on {addr}");
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("signal received, stopping");
         server.stop().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGINT and SIGTERM, registered before the server starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
