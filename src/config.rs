@@ -38,6 +38,48 @@ pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG", "WSH_LOG"];
 /// Log levels accepted by `log_level`, most to least verbose.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
+/// An accepted authentication token, optionally bound to one client type.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AuthToken {
+    /// Any client type may use it.
+    Plain(String),
+    /// Only a client whose handshake named `client_type` may use it.
+    Bound {
+        /// The secret.
+        token: String,
+        /// The client type it is for (any if unset).
+        #[serde(default)]
+        client_type: Option<String>,
+    },
+}
+
+impl AuthToken {
+    /// The secret.
+    pub fn token(&self) -> &str {
+        match self {
+            AuthToken::Plain(t) | AuthToken::Bound { token: t, .. } => t,
+        }
+    }
+
+    /// The client type it is bound to, if any.
+    pub fn client_type(&self) -> Option<&str> {
+        match self {
+            AuthToken::Plain(_) => None,
+            AuthToken::Bound { client_type, .. } => client_type.as_deref(),
+        }
+    }
+}
+
+impl fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthToken")
+            .field("token", &"<redacted>")
+            .field("client_type", &self.client_type())
+            .finish()
+    }
+}
+
 /// The complete server configuration.
 ///
 /// Field names are the TOML keys; the environment variable for a field is
@@ -87,6 +129,25 @@ pub struct Config {
     /// (required and non-empty then). Prefer `WSH_AUTH_TOKEN` over writing it
     /// in the file. Never printed by `Debug`. Default unset.
     pub auth_token: Option<String>,
+    /// More accepted tokens, each either a plain string or a table binding it
+    /// to one client type: `["t1", { token = "t2", client_type = "service" }]`.
+    /// A bound token only authenticates a client whose handshake named that
+    /// type. `WSH_AUTH_TOKENS` takes a comma-separated list of plain tokens.
+    /// Never printed by `Debug`. Default empty.
+    pub auth_tokens: Vec<AuthToken>,
+    /// Failed `auth` attempts after which the connection is closed (1008).
+    /// Default 3.
+    pub max_auth_failures: u32,
+    /// With authentication on, a connection that has not authenticated this
+    /// long after connecting is closed (1008). Default 10s.
+    #[serde(with = "duration_serde")]
+    pub auth_timeout: Duration,
+    /// Client types a `handshake` may name. Default microcontroller,
+    /// application, service.
+    pub client_types: Vec<String>,
+    /// Error replies (bad JSON, unknown types, ...) a connection may earn per
+    /// minute before it is closed with 1008. Default 100.
+    pub max_errors_per_minute: u32,
 
     // --- Features ---
     /// Allow the request/response pattern (a reply per request id).
@@ -166,6 +227,15 @@ impl Default for Config {
             pin_shards: false,
             enable_authentication: false,
             auth_token: None,
+            auth_tokens: Vec::new(),
+            max_auth_failures: 3,
+            auth_timeout: Duration::from_secs(10),
+            client_types: vec![
+                "microcontroller".into(),
+                "application".into(),
+                "service".into(),
+            ],
+            max_errors_per_minute: 100,
             enable_request_response: true,
             enable_pub_sub: true,
             enable_rpc: true,
@@ -218,6 +288,11 @@ impl fmt::Debug for Config {
             pin_shards,
             enable_authentication,
             auth_token,
+            auth_tokens,
+            max_auth_failures,
+            auth_timeout,
+            client_types,
+            max_errors_per_minute,
             enable_request_response,
             enable_pub_sub,
             enable_rpc,
@@ -247,6 +322,14 @@ impl fmt::Debug for Config {
             .field("pin_shards", pin_shards)
             .field("enable_authentication", enable_authentication)
             .field("auth_token", &auth_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "auth_tokens",
+                &format_args!("<{} redacted>", auth_tokens.len()),
+            )
+            .field("max_auth_failures", max_auth_failures)
+            .field("auth_timeout", auth_timeout)
+            .field("client_types", client_types)
+            .field("max_errors_per_minute", max_errors_per_minute)
             .field("enable_request_response", enable_request_response)
             .field("enable_pub_sub", enable_pub_sub)
             .field("enable_rpc", enable_rpc)
@@ -517,11 +600,43 @@ impl Config {
                 ),
             );
         }
-        if self.enable_authentication && self.auth_token.as_deref().unwrap_or("").is_empty() {
+        let has_token = !self.auth_token.as_deref().unwrap_or("").is_empty()
+            || self.auth_tokens.iter().any(|t| !t.token().is_empty());
+        if self.enable_authentication && !has_token {
             return invalid(
                 "auth_token",
-                "must be set to a non-empty token when enable_authentication is true".to_owned(),
+                "must be set to a non-empty token (or auth_tokens listed) when enable_authentication is true"
+                    .to_owned(),
             );
+        }
+        if self.auth_tokens.iter().any(|t| t.token().is_empty()) {
+            return invalid("auth_tokens", "tokens must not be empty".to_owned());
+        }
+        if let Some(t) = self
+            .auth_tokens
+            .iter()
+            .filter_map(AuthToken::client_type)
+            .find(|t| !self.client_types.iter().any(|c| c == t))
+        {
+            return invalid(
+                "auth_tokens",
+                format!("token bound to client type `{t}`, which is not in client_types"),
+            );
+        }
+        if self.client_types.is_empty() {
+            return invalid(
+                "client_types",
+                "must list at least one client type".to_owned(),
+            );
+        }
+        if self.max_auth_failures == 0 {
+            return invalid("max_auth_failures", "must be at least 1".to_owned());
+        }
+        if self.auth_timeout.is_zero() {
+            return invalid("auth_timeout", "must be greater than 0".to_owned());
+        }
+        if self.max_errors_per_minute == 0 {
+            return invalid("max_errors_per_minute", "must be at least 1".to_owned());
         }
         if self.drain_timeout > MAX_DRAIN {
             return invalid(
@@ -568,6 +683,11 @@ const FIELDS: &[(&str, Kind)] = &[
     ("pin_shards", Kind::Bool),
     ("enable_authentication", Kind::Bool),
     ("auth_token", Kind::Str),
+    ("auth_tokens", Kind::List),
+    ("max_auth_failures", Kind::Int),
+    ("auth_timeout", Kind::Duration),
+    ("client_types", Kind::List),
+    ("max_errors_per_minute", Kind::Int),
     ("enable_request_response", Kind::Bool),
     ("enable_pub_sub", Kind::Bool),
     ("enable_rpc", Kind::Bool),

@@ -50,6 +50,126 @@ pub enum Event {
         /// What happened.
         message: String,
     },
+    /// A client completed its handshake.
+    ClientHandshake {
+        /// Server-assigned id.
+        client_id: String,
+        /// The client type it named.
+        client_type: String,
+    },
+    /// A client authenticated.
+    ClientAuthenticated {
+        /// Server-assigned id.
+        client_id: String,
+    },
+    /// A `data`/`sensor_data` record was accepted.
+    DataReceived {
+        /// Who sent it.
+        client_id: String,
+        /// The sender's client type.
+        client_type: Option<String>,
+        /// The record's `dataType`.
+        data_type: String,
+        /// The record's data.
+        data: serde_json::Value,
+        /// Server timestamp (ISO-8601).
+        timestamp: String,
+    },
+    /// A `request` arrived.
+    Request {
+        /// Who sent it.
+        client_id: String,
+        /// The caller's request id.
+        request_id: String,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// An `rpc_call` arrived.
+    RpcCall {
+        /// Who sent it.
+        client_id: String,
+        /// The caller's request id.
+        request_id: String,
+        /// The method.
+        method: String,
+    },
+    /// A client subscribed.
+    Subscribed {
+        /// Who.
+        client_id: String,
+        /// The pattern.
+        topic: String,
+    },
+    /// A client unsubscribed.
+    Unsubscribed {
+        /// Who.
+        client_id: String,
+        /// The pattern.
+        topic: String,
+    },
+    /// A client published.
+    Published {
+        /// Who.
+        client_id: String,
+        /// The topic.
+        topic: String,
+    },
+    /// A client started a stream.
+    StreamStarted {
+        /// Who.
+        client_id: String,
+        /// The stream id.
+        stream_id: String,
+        /// The stream type.
+        stream_type: String,
+    },
+    /// A chunk of a client's stream arrived.
+    StreamData {
+        /// Who.
+        client_id: String,
+        /// The stream id.
+        stream_id: String,
+        /// The chunk's sequence number.
+        sequence: u64,
+        /// Decoded bytes in the chunk.
+        bytes: u64,
+    },
+    /// A client ended a stream.
+    StreamEnded {
+        /// Who.
+        client_id: String,
+        /// The stream id.
+        stream_id: String,
+        /// Chunks received.
+        chunks: u64,
+        /// Decoded bytes received.
+        bytes: u64,
+    },
+}
+
+impl Event {
+    /// The seed's event name (`client-connected`, `data-received`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::ServerStarted { .. } => "server-started",
+            Event::ServerStopped => "server-stopped",
+            Event::ClientConnected { .. } => "client-connected",
+            Event::ClientDisconnected { .. } => "client-disconnected",
+            Event::ClientError { .. } => "client-error",
+            Event::ServerError { .. } => "server-error",
+            Event::ClientHandshake { .. } => "client-handshake",
+            Event::ClientAuthenticated { .. } => "client-authenticated",
+            Event::DataReceived { .. } => "data-received",
+            Event::Request { .. } => "request",
+            Event::RpcCall { .. } => "rpc-call",
+            Event::Subscribed { .. } => "subscribe",
+            Event::Unsubscribed { .. } => "unsubscribe",
+            Event::Published { .. } => "publish",
+            Event::StreamStarted { .. } => "stream-started",
+            Event::StreamData { .. } => "stream-data",
+            Event::StreamEnded { .. } => "stream-ended",
+        }
+    }
 }
 
 /// Fan-out of events to any number of subscribers.

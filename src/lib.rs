@@ -15,19 +15,25 @@
 //! - [`server`]: bootstrap, lifecycle and the cross-thread API
 //!   ([`WebSocketHandler`]).
 //! - [`events`]: server events, delivered to subscribers off the hot path.
+//! - [`protocol`]: the WebSocketHandler JSON protocol (message types, error
+//!   codes, topics, reply building); `shard::dispatch` applies it.
+//! - [`api`]: handlers the embedding program registers for requests and RPC.
 //!
 //! See `docs/architecture.md` for the design and its alternatives.
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod events;
+pub mod protocol;
 pub mod server;
 mod shard;
 pub mod ws;
 
+pub use api::{CallContext, HandlerResult};
 pub use config::{Config, IoDriver};
 pub use events::Event;
-pub use server::{ServerError, WebSocketHandler};
+pub use server::{ApiError, ServerError, Status, WebSocketHandler};
 pub use shard::DriverKind;

@@ -10,12 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::future::Future;
+
 use bytes::Bytes;
+use serde::Serialize;
 use tracing::info;
 
+use crate::api::{self, CallContext, CallKind, HandlerResult, Registry};
 use crate::config::Config;
 use crate::events::{Event, EventHub};
-use crate::shard::{self, DriverKind, ShardHandle, ShardMsg, ShardSpec};
+use crate::protocol::json::Obj;
+use crate::shard::{self, DriverKind, Mailbox, ShardHandle, ShardMsg, ShardSpec};
 use crate::ws::frame::{self, OpCode};
 
 /// Why the server could not start or stop.
@@ -59,6 +65,26 @@ pub enum ServerError {
     AlreadyStarted,
 }
 
+/// Why an API call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The server is not running.
+    #[error("server is not running")]
+    NotRunning,
+    /// No such client (never existed, or disconnected).
+    #[error("unknown client {0}")]
+    UnknownClient(String),
+    /// The client did not answer within `request_timeout`.
+    #[error("request timed out")]
+    Timeout,
+    /// The client answered `success:false`.
+    #[error("client error: {0}")]
+    Client(String),
+    /// A bad argument (topic, stream id).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// State every shard shares. Touched on connect/disconnect, never per message.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -72,6 +98,105 @@ pub(crate) struct Shared {
     /// Distinguishes client ids across restarts.
     pub(crate) instance: String,
     pub(crate) shards: usize,
+    /// Every shard's mailbox, indexed by shard id.
+    pub(crate) mailboxes: Vec<Mailbox>,
+    /// Handlers and service registrations.
+    pub(crate) registry: Arc<Registry>,
+}
+
+/// One connected client, as `get_status` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientInfo {
+    /// Client id.
+    pub id: String,
+    /// Client type from its handshake.
+    pub client_type: Option<String>,
+    /// Device id from its handshake.
+    pub device_id: Option<String>,
+    /// Peer address.
+    pub remote_address: String,
+    /// When it connected (ISO-8601).
+    pub connected_since: String,
+    /// Whether it authenticated.
+    pub authenticated: bool,
+    /// Its subscription patterns.
+    pub subscriptions: Vec<String>,
+    /// Messages received from it.
+    pub messages_in: u64,
+    /// Messages queued to it.
+    pub messages_out: u64,
+}
+
+/// One shard's part of the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    /// Shard index.
+    pub shard: usize,
+    /// Its clients.
+    pub clients: Vec<ClientInfo>,
+}
+
+/// The `get_status()` document.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Open connections.
+    pub connection_count: usize,
+    /// The configured limit.
+    pub max_connections: usize,
+    /// Milliseconds since start.
+    pub uptime: u64,
+    /// Connections per shard.
+    pub shards: Vec<usize>,
+    /// Distinct subscription patterns across all clients.
+    pub topic_count: usize,
+    /// Every client.
+    pub clients: Vec<ClientInfo>,
+}
+
+/// Ask every shard for its clients and fold the answers.
+pub(crate) async fn collect_status(shared: &Shared) -> Status {
+    let mut rxs = Vec::new();
+    for m in &shared.mailboxes {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        m.send(ShardMsg::Status(tx));
+        rxs.push(rx);
+    }
+    let mut shards = Vec::new();
+    let mut clients = Vec::new();
+    for rx in rxs {
+        match rx.await {
+            Ok(s) => {
+                shards.push(s.clients.len());
+                clients.extend(s.clients);
+            }
+            Err(_) => shards.push(0),
+        }
+    }
+    let mut topics: Vec<&String> = clients
+        .iter()
+        .flat_map(|c| c.subscriptions.iter())
+        .collect();
+    topics.sort();
+    topics.dedup();
+    Status {
+        connection_count: shared.conn_count.load(Ordering::Acquire),
+        max_connections: shared.config.max_connections,
+        uptime: shared.started.elapsed().as_millis() as u64,
+        shards,
+        topic_count: topics.len(),
+        clients,
+    }
+}
+
+/// Which shard owns a client id (`<instance>-<shard>-<key>`), and its key.
+fn route(shared: &Shared, client_id: &str) -> Option<(usize, u64)> {
+    let mut parts = client_id.rsplitn(3, '-');
+    let key = parts.next()?.parse().ok()?;
+    let shard: usize = parts.next()?.parse().ok()?;
+    let instance = parts.next()?;
+    (instance == shared.instance && shard < shared.mailboxes.len()).then_some((shard, key))
 }
 
 impl Shared {
@@ -99,6 +224,9 @@ pub struct WebSocketHandler {
     addr: Option<SocketAddr>,
     driver: Option<DriverKind>,
     events: Arc<EventHubSlot>,
+    registry: Arc<Registry>,
+    /// Server-initiated streams: stream id → (client id, next sequence number).
+    streams: std::sync::Mutex<HashMap<String, (String, u64)>>,
 }
 
 /// Subscribers registered before `start()` carry over to the running server.
@@ -126,6 +254,8 @@ impl WebSocketHandler {
             addr: None,
             driver: None,
             events: Arc::default(),
+            registry: Arc::default(),
+            streams: std::sync::Mutex::default(),
         }
     }
 
@@ -153,7 +283,10 @@ impl WebSocketHandler {
         } else {
             self.config.max_payload_size
         };
+        let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| shard::mailbox()).unzip();
         let shared = Arc::new(Shared {
+            mailboxes,
+            registry: self.registry.clone(),
             config: self.config.clone(),
             max_message_size,
             conn_count: AtomicUsize::new(0),
@@ -173,7 +306,7 @@ impl WebSocketHandler {
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut shards = Vec::with_capacity(n);
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let spec = ShardSpec {
                 id,
                 listener,
@@ -181,10 +314,11 @@ impl WebSocketHandler {
                 driver: self.config.io_driver,
                 core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
             };
-            let h = shard::spawn(spec, ready_tx.clone()).map_err(|e| ServerError::Shard {
-                shard: id,
-                message: e.to_string(),
-            })?;
+            let h =
+                shard::spawn(spec, inbox, ready_tx.clone()).map_err(|e| ServerError::Shard {
+                    shard: id,
+                    message: e.to_string(),
+                })?;
             shards.push(h);
         }
         drop(ready_tx);
@@ -248,15 +382,238 @@ impl WebSocketHandler {
     /// Send a message to every open connection on every shard. The frame is
     /// encoded once and shared (connections with compression get their own).
     pub fn broadcast(&self, text: bool, payload: Bytes) {
+        self.broadcast_filtered(text, payload, None);
+    }
+
+    fn broadcast_filtered(&self, text: bool, payload: Bytes, filter: Option<&str>) {
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         let frame = frame::encode(opcode, false, &payload);
+        let filter: Option<Arc<str>> = filter.map(Into::into);
         for s in &self.shards {
             s.mailbox.send(ShardMsg::Broadcast {
                 text,
                 payload: payload.clone(),
                 frame: frame.clone(),
+                filter: filter.clone(),
             });
         }
+    }
+
+    /// The seed's `broadcastToAll(message, clientTypeFilter)`: send `message`
+    /// (JSON) to every client, or only to clients of one type.
+    pub fn broadcast_to_all(&self, message: &serde_json::Value, client_type_filter: Option<&str>) {
+        let payload = Bytes::from(serde_json::to_vec(message).expect("value serialises"));
+        self.broadcast_filtered(true, payload, client_type_filter);
+    }
+
+    /// Register an async handler for `request` messages to `endpoint`.
+    /// Handlers run as tasks on the caller's shard; see [`crate::api`].
+    pub fn register_endpoint<F, Fut>(&self, endpoint: &str, handler: F)
+    where
+        F: Fn(CallContext, serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.registry
+            .register(CallKind::Endpoint, endpoint, api::handler(handler));
+    }
+
+    /// Register an async handler for `rpc_call` messages to `method`.
+    pub fn register_rpc_method<F, Fut>(&self, method: &str, handler: F)
+    where
+        F: Fn(CallContext, serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.registry
+            .register(CallKind::Method, method, api::handler(handler));
+    }
+
+    fn running(&self) -> Result<&Arc<Shared>, ApiError> {
+        self.shared.as_ref().ok_or(ApiError::NotRunning)
+    }
+
+    fn owner(&self, client_id: &str) -> Result<(&Arc<Shared>, usize, u64), ApiError> {
+        let shared = self.running()?;
+        let (shard, key) = route(shared, client_id)
+            .ok_or_else(|| ApiError::UnknownClient(client_id.to_owned()))?;
+        Ok((shared, shard, key))
+    }
+
+    /// Publish `data` on `topic` to every matching subscriber on every
+    /// shard, except `exclude_client_id`.
+    pub fn publish(
+        &self,
+        topic: &str,
+        data: &serde_json::Value,
+        exclude_client_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let shared = self.running()?;
+        crate::protocol::topic::validate_publish(topic)
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let exclude = exclude_client_id.and_then(|c| route(shared, c));
+        let payload = Obj::typed("publish")
+            .str("topic", topic)
+            .value("data", data)
+            .str("from", "server")
+            .now()
+            .finish();
+        let frame = frame::encode(OpCode::Text, false, &payload);
+        let topic: Arc<str> = topic.into();
+        for (i, m) in shared.mailboxes.iter().enumerate() {
+            match exclude {
+                Some((shard, key)) if shard == i => m.send(ShardMsg::SendFiltered {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                    frame: frame.clone(),
+                    exclude: key,
+                }),
+                _ => m.send(ShardMsg::Publish {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                    frame: frame.clone(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `data` (JSON) to one client. Fails if it is not connected.
+    pub async fn send_to_client(
+        &self,
+        client_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let payload = Bytes::from(serde_json::to_vec(data).expect("value serialises"));
+        self.send_raw(client_id, payload).await
+    }
+
+    async fn send_raw(&self, client_id: &str, payload: Bytes) -> Result<(), ApiError> {
+        let (shared, shard, key) = self.owner(client_id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.mailboxes[shard].send(ShardMsg::SendTo {
+            key,
+            payload,
+            ack: Some(tx),
+        });
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::UnknownClient(client_id.to_owned())),
+        }
+    }
+
+    /// Send a `request` to a client and wait for its `response` (at most
+    /// `request_timeout`). `Ok` carries the response's `data`.
+    pub async fn request_client(
+        &self,
+        client_id: &str,
+        endpoint: &str,
+        data: &serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        let (shared, shard, key) = self.owner(client_id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.mailboxes[shard].send(ShardMsg::RequestClient {
+            key,
+            kind: CallKind::Endpoint,
+            name: endpoint.to_owned(),
+            body: Bytes::from(serde_json::to_vec(data).expect("value serialises")),
+            reply: tx,
+        });
+        match tokio::time::timeout(shared.config.request_timeout, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(msg))) => Err(ApiError::Client(msg)),
+            Ok(Err(_)) => Err(ApiError::UnknownClient(client_id.to_owned())),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+
+    /// Start a server-to-client stream (`stream_start` to the client).
+    pub async fn start_stream(
+        &self,
+        client_id: &str,
+        stream_id: &str,
+        stream_type: &str,
+    ) -> Result<(), ApiError> {
+        {
+            let mut streams = self.streams.lock().expect("poisoned");
+            if streams.contains_key(stream_id) {
+                return Err(ApiError::Invalid(format!(
+                    "stream {stream_id} already active"
+                )));
+            }
+            streams.insert(stream_id.to_owned(), (client_id.to_owned(), 1));
+        }
+        let msg = Obj::typed("stream_start")
+            .str("streamId", stream_id)
+            .str("streamType", stream_type)
+            .finish();
+        let r = self.send_raw(client_id, msg).await;
+        if r.is_err() {
+            self.streams.lock().expect("poisoned").remove(stream_id);
+        }
+        r
+    }
+
+    /// Send one chunk on a server stream; sequence numbers start at 1.
+    pub async fn send_stream_data(
+        &self,
+        stream_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let (client, seq) = {
+            let mut streams = self.streams.lock().expect("poisoned");
+            let e = streams
+                .get_mut(stream_id)
+                .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
+            e.1 += 1;
+            (e.0.clone(), e.1 - 1)
+        };
+        let msg = Obj::typed("stream_data")
+            .str("streamId", stream_id)
+            .value("data", data)
+            .u64("sequenceNumber", seq)
+            .finish();
+        self.send_raw(&client, msg).await
+    }
+
+    /// End a server stream (`stream_end` to the client).
+    pub async fn end_stream(&self, stream_id: &str) -> Result<(), ApiError> {
+        let (client, next) = self
+            .streams
+            .lock()
+            .expect("poisoned")
+            .remove(stream_id)
+            .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
+        let msg = Obj::typed("stream_end")
+            .str("streamId", stream_id)
+            .u64("chunks", next - 1)
+            .finish();
+        self.send_raw(&client, msg).await
+    }
+
+    /// Connection count, limits, uptime, every client, per-shard counts.
+    pub async fn get_status(&self) -> Result<Status, ApiError> {
+        let shared = self.running()?.clone();
+        Ok(collect_status(&shared).await)
+    }
+
+    /// Call `handler` on a dedicated thread for every event named `event`
+    /// (the seed's names: `client-connected`, `data-received`, ...; `"*"` for
+    /// all). Handlers never run on a shard.
+    pub fn on<F>(&self, event: &str, handler: F)
+    where
+        F: Fn(&Event) + Send + 'static,
+    {
+        let rx = self.subscribe_events();
+        let name = event.to_owned();
+        std::thread::Builder::new()
+            .name(format!("wsh-on-{name}"))
+            .spawn(move || {
+                for ev in rx.iter() {
+                    if name == "*" || ev.name() == name {
+                        handler(&ev);
+                    }
+                }
+            })
+            .expect("spawn event thread");
     }
 
     /// Stop accepting, close every connection with 1001, wait for them to

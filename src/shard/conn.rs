@@ -71,6 +71,12 @@ pub(crate) struct Conn {
     pub(crate) last_seen: Cell<u32>,
     /// Close code sent or received.
     close_code: Cell<Option<u16>>,
+    /// Wall-clock connect time, for status reports.
+    pub(crate) connected_wall: std::time::SystemTime,
+    /// Protocol state (handshake, auth, subscriptions, streams).
+    pub(crate) client: RefCell<super::client::ClientState>,
+    pub(crate) msgs_in: Cell<u64>,
+    pub(crate) msgs_out: Cell<u64>,
     max_backpressure: usize,
     compression_threshold: usize,
 }
@@ -80,8 +86,18 @@ impl Conn {
         self.writer.notify();
     }
 
+    /// Queue a JSON text message for this connection (a reply, or anything
+    /// the connection's own shard sends it).
+    pub(crate) fn send_text(&self, payload: Bytes) {
+        self.send_reply(true, payload);
+    }
+
     /// Queue a reply to this connection's own message.
     pub(crate) fn send_reply(&self, text: bool, payload: Bytes) {
+        if self.dead.get() || self.session.borrow().is_closing() {
+            return;
+        }
+        self.msgs_out.set(self.msgs_out.get() + 1);
         let mut out = self.out.borrow_mut();
         self.session
             .borrow_mut()
@@ -119,6 +135,7 @@ impl Conn {
             });
             return false;
         }
+        self.msgs_out.set(self.msgs_out.get() + 1);
         let mut session = self.session.borrow_mut();
         if session.compression() && payload.len() >= self.compression_threshold {
             session.send(
@@ -224,6 +241,10 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
         close_code: Cell::new(None),
         max_backpressure: cfg.max_backpressure,
         compression_threshold: cfg.compression_threshold,
+        connected_wall: std::time::SystemTime::now(),
+        client: RefCell::new(Default::default()),
+        msgs_in: Cell::new(0),
+        msgs_out: Cell::new(0),
     });
     ctx.insert(conn.clone());
     ctx.shared.events.emit(|| Event::ClientConnected {
@@ -232,6 +253,20 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     });
     debug!(client = %conn.client_id, %peer, "connected");
 
+    if !cfg.echo {
+        conn.send_text(super::dispatch::welcome(&ctx, &conn.client_id));
+        if cfg.enable_authentication {
+            let (c, timeout) = (Rc::downgrade(&conn), cfg.auth_timeout);
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(timeout).await;
+                if let Some(c) = c.upgrade() {
+                    if !c.client.borrow().authenticated {
+                        c.close_with(close::POLICY, "authentication timeout");
+                    }
+                }
+            });
+        }
+    }
     let writer = tokio::task::spawn_local(write_loop(stream.clone(), conn.clone()));
     let end = read_loop(&*stream, &conn, buf, &ctx).await;
     trace!(client = %conn.client_id, ?end, "reader done");
@@ -396,7 +431,10 @@ async fn read_loop<S: Stream>(
                     }
                     return End::Closed;
                 }
-                Ok(Some(msg)) => ctx.on_message(conn, msg),
+                Ok(Some(msg)) => {
+                    conn.msgs_in.set(conn.msgs_in.get() + 1);
+                    ctx.on_message(conn, msg)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(client = %conn.client_id, error = %e, "protocol error");

@@ -6,7 +6,9 @@
 //! that wakes the shard's mailbox task; everything inside the shard is
 //! single-threaded (`Rc`, `RefCell`, `Cell`).
 
+pub(crate) mod client;
 pub(crate) mod conn;
+pub(crate) mod dispatch;
 pub(crate) mod driver;
 pub(crate) mod listen;
 pub(crate) mod notify;
@@ -14,7 +16,7 @@ pub(crate) mod notify;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -27,8 +29,10 @@ use tracing::{debug, info, warn};
 use self::conn::Conn;
 use self::driver::Listener;
 use self::notify::LocalNotify;
+use crate::api::CallKind;
 use crate::config::IoDriver;
-use crate::server::Shared;
+use crate::protocol::topic::SubTrie;
+use crate::server::{ShardStatus, Shared};
 use crate::ws::{close, Message};
 
 /// Which I/O driver a shard runs on.
@@ -54,12 +58,87 @@ impl std::fmt::Display for DriverKind {
 pub(crate) enum ShardMsg {
     /// Stop accepting, close every connection with 1001, drain, exit.
     Stop,
-    /// Send a message to every open connection; `frame` is encoded once.
+    /// Send a message to every open connection (of one client type, if
+    /// `filter`); `frame` is encoded once.
     Broadcast {
         text: bool,
         payload: Bytes,
         frame: Bytes,
+        filter: Option<Arc<str>>,
     },
+    /// A publish from the API that must skip one local client.
+    SendFiltered {
+        topic: Arc<str>,
+        payload: Bytes,
+        frame: Bytes,
+        exclude: u64,
+    },
+    /// Deliver a publish to this shard's matching subscribers.
+    Publish {
+        topic: Arc<str>,
+        payload: Bytes,
+        frame: Bytes,
+    },
+    /// Send one text message to one connection; `ack` learns if it existed.
+    SendTo {
+        key: u64,
+        payload: Bytes,
+        ack: Option<tokio::sync::oneshot::Sender<bool>>,
+    },
+    /// A routed call for the registrant `key` on this shard.
+    Forward {
+        key: u64,
+        kind: CallKind,
+        name: String,
+        body: Bytes,
+        reply_shard: usize,
+        call_id: u64,
+    },
+    /// The result of a routed call made from this shard.
+    CallResult(CallResult),
+    /// A request from the API to client `key`.
+    RequestClient {
+        key: u64,
+        kind: CallKind,
+        name: String,
+        body: Bytes,
+        reply: tokio::sync::oneshot::Sender<crate::api::HandlerResult>,
+    },
+    /// Report this shard's connections.
+    Status(tokio::sync::oneshot::Sender<ShardStatus>),
+}
+
+/// The answer to a routed call.
+#[derive(Debug)]
+pub(crate) struct CallResult {
+    pub(crate) call_id: u64,
+    pub(crate) ok: bool,
+    /// Raw JSON: the data on success, the error string otherwise.
+    pub(crate) body: Bytes,
+}
+
+/// A local caller waiting for a routed call's result.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub(crate) key: u64,
+    pub(crate) request_id: String,
+    pub(crate) reply_ty: &'static str,
+}
+
+/// Where the answer to a server-issued request goes.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// Back to the caller's shard.
+    Remote { shard: usize, call_id: u64 },
+    /// To an API caller.
+    Api(tokio::sync::oneshot::Sender<crate::api::HandlerResult>),
+}
+
+/// A server-issued request awaiting a local client's answer.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) key: u64,
+    pub(crate) target: Target,
 }
 
 /// The sending side of a shard's mailbox.
@@ -77,7 +156,8 @@ impl Mailbox {
     }
 }
 
-struct Inbox {
+/// The receiving side of a shard's mailbox.
+pub(crate) struct Inbox {
     rx: Receiver<ShardMsg>,
     waker: Arc<AtomicWaker>,
 }
@@ -97,7 +177,7 @@ impl Inbox {
 }
 
 /// A new mailbox pair.
-fn mailbox() -> (Mailbox, Inbox) {
+pub(crate) fn mailbox() -> (Mailbox, Inbox) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let waker = Arc::new(AtomicWaker::new());
     (
@@ -120,6 +200,17 @@ pub(crate) struct ShardCtx {
     stopping: Cell<bool>,
     stop: tokio::sync::Notify,
     conn_gone: LocalNotify,
+    me: Weak<ShardCtx>,
+    /// This shard's subscriptions.
+    pub(crate) subs: RefCell<SubTrie>,
+    /// Reused buffers: JSON parsing, topic matches.
+    pub(crate) scratch: RefCell<Vec<u8>>,
+    pub(crate) match_buf: RefCell<Vec<u64>>,
+    /// Calls made by local clients, waiting for a result from a service.
+    pub(crate) calls: RefCell<HashMap<u64, Waiting>>,
+    /// Requests sent to local clients, waiting for their answer.
+    pub(crate) served: RefCell<HashMap<String, Served>>,
+    next_call: Cell<u64>,
 }
 
 impl ShardCtx {
@@ -134,13 +225,62 @@ impl ShardCtx {
         format!("{}-{}-{}", self.shared.instance, self.id, key)
     }
 
+    pub(crate) fn self_rc(&self) -> Rc<ShardCtx> {
+        self.me.upgrade().expect("shard context outlives its tasks")
+    }
+
+    pub(crate) fn next_call_id(&self) -> u64 {
+        let n = self.next_call.get();
+        self.next_call.set(n + 1);
+        n
+    }
+
+    pub(crate) fn conn(&self, key: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&key).cloned()
+    }
+
+    /// Send to a shard's mailbox (our own included: handled on a later turn).
+    pub(crate) fn send_to_shard(&self, shard: usize, msg: ShardMsg) {
+        if let Some(m) = self.shared.mailboxes.get(shard) {
+            m.send(msg);
+        }
+    }
+
     pub(crate) fn insert(&self, c: Rc<Conn>) {
         self.conns.borrow_mut().insert(c.key, c);
     }
 
     pub(crate) fn remove(&self, key: u64) {
-        self.conns.borrow_mut().remove(&key);
+        let gone = self.conns.borrow_mut().remove(&key);
+        if let Some(c) = gone {
+            self.cleanup(&c);
+        }
         self.conn_gone.notify();
+    }
+
+    fn status(&self) -> ShardStatus {
+        let clients = self
+            .snapshot()
+            .iter()
+            .map(|c| {
+                let st = c.client.borrow();
+                crate::server::ClientInfo {
+                    id: c.client_id.clone(),
+                    client_type: st.client_type.clone(),
+                    device_id: st.device_id.clone(),
+                    remote_address: c.peer.to_string(),
+                    connected_since: humantime::format_rfc3339_millis(c.connected_wall).to_string(),
+                    authenticated: st.authenticated,
+                    subscriptions: st.subs.iter().map(|s| s.to_string()).collect(),
+                    messages_in: c.msgs_in.get(),
+                    messages_out: c.msgs_out.get(),
+                }
+            })
+            .collect();
+        ShardStatus {
+            shard: self.id,
+            clients,
+        }
     }
 
     /// A complete message arrived on `conn`.
@@ -148,14 +288,8 @@ impl ShardCtx {
         match msg {
             Message::Text(b) if self.shared.config.echo => conn.send_reply(true, b),
             Message::Binary(b) if self.shared.config.echo => conn.send_reply(false, b),
-            Message::Text(_) | Message::Binary(_) => {
-                // The JSON protocol (issue #3) plugs in here; until then the
-                // server only speaks the echo conformance mode.
-                conn.close_with(
-                    close::UNSUPPORTED,
-                    "protocol mode not available: run with --echo",
-                );
-            }
+            Message::Text(b) => self.on_text(conn, b),
+            Message::Binary(b) => self.on_binary(conn, b),
             Message::Close(_) => {}
         }
     }
@@ -174,10 +308,69 @@ impl ShardCtx {
                 text,
                 payload,
                 frame,
+                filter,
             } => {
                 for c in self.snapshot() {
-                    c.push_external(self, text, &payload, &frame);
+                    let wanted = filter
+                        .as_deref()
+                        .is_none_or(|f| c.client.borrow().client_type.as_deref() == Some(f));
+                    if wanted {
+                        c.push_external(self, text, &payload, &frame);
+                    }
                 }
+            }
+            ShardMsg::Publish {
+                topic,
+                payload,
+                frame,
+            } => self.deliver(&topic, &payload, &frame, None),
+            ShardMsg::SendFiltered {
+                topic,
+                payload,
+                frame,
+                exclude,
+            } => self.deliver(&topic, &payload, &frame, Some(exclude)),
+            ShardMsg::SendTo { key, payload, ack } => {
+                let found = match self.conn(key) {
+                    Some(c) => {
+                        let frame = crate::ws::frame::encode(
+                            crate::ws::frame::OpCode::Text,
+                            false,
+                            &payload,
+                        );
+                        c.push_external(self, true, &payload, &frame)
+                    }
+                    None => false,
+                };
+                if let Some(a) = ack {
+                    let _ = a.send(found);
+                }
+            }
+            ShardMsg::Forward {
+                key,
+                kind,
+                name,
+                body,
+                reply_shard,
+                call_id,
+            } => self.on_forward(key, kind, name, body, reply_shard, call_id),
+            ShardMsg::CallResult(r) => self.on_call_result(r),
+            ShardMsg::RequestClient {
+                key,
+                kind,
+                name,
+                body,
+                reply,
+            } => match self.conn(key) {
+                Some(c) => {
+                    self.issue_request(&c, kind, &name, &body, Target::Api(reply));
+                }
+                None => {
+                    let _ = reply.send(Err("Client not connected".into()));
+                }
+            },
+            ShardMsg::Status(tx) => {
+                let _ = tx.send(self.status());
             }
         }
     }
@@ -204,9 +397,10 @@ pub(crate) struct ShardHandle {
 /// Start a shard thread. `ready` gets the driver it runs on, or why it could not start.
 pub(crate) fn spawn(
     spec: ShardSpec,
+    inbox: Inbox,
     ready: std::sync::mpsc::Sender<Result<DriverKind, String>>,
 ) -> std::io::Result<ShardHandle> {
-    let (mailbox, inbox) = mailbox();
+    let mailbox = spec.shared.mailboxes[spec.id].clone();
     let thread = std::thread::Builder::new()
         .name(format!("wsh-shard-{}", spec.id))
         .spawn(move || shard_main(spec, inbox, ready))?;
@@ -288,7 +482,7 @@ async fn run<L: Listener>(
     ready: std::sync::mpsc::Sender<Result<DriverKind, String>>,
     kind: DriverKind,
 ) {
-    let ctx = Rc::new(ShardCtx {
+    let ctx = Rc::new_cyclic(|me| ShardCtx {
         id,
         shared,
         conns: RefCell::new(HashMap::new()),
@@ -297,6 +491,13 @@ async fn run<L: Listener>(
         stopping: Cell::new(false),
         stop: tokio::sync::Notify::new(),
         conn_gone: LocalNotify::default(),
+        me: me.clone(),
+        subs: RefCell::new(SubTrie::default()),
+        scratch: RefCell::new(Vec::new()),
+        match_buf: RefCell::new(Vec::new()),
+        calls: RefCell::new(HashMap::new()),
+        served: RefCell::new(HashMap::new()),
+        next_call: Cell::new(0),
     });
     let mailbox_task = {
         let ctx = ctx.clone();

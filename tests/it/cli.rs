@@ -8,7 +8,12 @@ use crate::util::*;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wshandler"));
-    c.env_remove("WSH_CONFIG");
+    // The binary refuses unknown WSH_* settings: start from none.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WSH_") {
+            c.env_remove(k);
+        }
+    }
     c
 }
 

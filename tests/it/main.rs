@@ -2,6 +2,7 @@
 //! (tokio-tungstenite, and a raw TCP client for malformed input), each test
 //! body run once per I/O driver (io_uring and epoll).
 
+mod client;
 mod util;
 
 mod cli;
@@ -10,3 +11,4 @@ mod frames;
 mod handshake;
 mod lifecycle;
 mod limits;
+mod protocol;

@@ -1,0 +1,175 @@
+//! Writing JSON replies straight into bytes, without a `Value` tree.
+//!
+//! The hot replies (`data_response`, `heartbeat_response`, `publish`) are a
+//! handful of known fields; building them field by field into one buffer
+//! costs one allocation and no intermediate maps.
+
+use bytes::Bytes;
+
+/// An object being written.
+#[derive(Debug)]
+pub struct Obj {
+    buf: Vec<u8>,
+    first: bool,
+}
+
+/// Append `s` as a JSON string (quoted and escaped).
+pub fn write_str(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                buf.extend_from_slice(&bytes[start..i]);
+                buf.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(esc);
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+impl Obj {
+    /// `{"type":"<ty>"` — every server message starts with its type.
+    pub fn typed(ty: &str) -> Obj {
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(b"{\"type\":");
+        write_str(&mut buf, ty);
+        Obj { buf, first: false }
+    }
+
+    /// `{` with no fields yet.
+    pub fn new() -> Obj {
+        Obj {
+            buf: b"{".to_vec(),
+            first: true,
+        }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        write_str(&mut self.buf, k);
+        self.buf.push(b':');
+    }
+
+    /// A string field.
+    pub fn str(mut self, k: &str, v: &str) -> Obj {
+        self.key(k);
+        write_str(&mut self.buf, v);
+        self
+    }
+
+    /// A string field, if present.
+    pub fn opt_str(self, k: &str, v: Option<&str>) -> Obj {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self,
+        }
+    }
+
+    /// A boolean field.
+    pub fn bool(mut self, k: &str, v: bool) -> Obj {
+        self.key(k);
+        self.buf
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        self
+    }
+
+    /// An integer field.
+    pub fn u64(mut self, k: &str, v: u64) -> Obj {
+        self.key(k);
+        self.buf.extend_from_slice(itoa(v).as_bytes());
+        self
+    }
+
+    /// A field whose value is already JSON text.
+    pub fn raw(mut self, k: &str, json: &[u8]) -> Obj {
+        self.key(k);
+        self.buf.extend_from_slice(json);
+        self
+    }
+
+    /// A `serde_json` value field (off the hot path).
+    pub fn value(mut self, k: &str, v: &serde_json::Value) -> Obj {
+        self.key(k);
+        serde_json::to_writer(&mut self.buf, v).expect("writing to a Vec cannot fail");
+        self
+    }
+
+    /// The server timestamp field (`timestamp`, ISO-8601 UTC with milliseconds).
+    pub fn now(self) -> Obj {
+        let ts = now_iso();
+        self.str("timestamp", &ts)
+    }
+
+    /// Close the object.
+    pub fn finish(mut self) -> Bytes {
+        self.buf.push(b'}');
+        Bytes::from(self.buf)
+    }
+
+    /// Close the object and return the raw vector.
+    pub fn finish_vec(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+impl Default for Obj {
+    fn default() -> Self {
+        Obj::new()
+    }
+}
+
+fn itoa(v: u64) -> String {
+    v.to_string()
+}
+
+/// Now, as `2024-01-01T12:00:00.000Z`.
+pub fn now_iso() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_valid_json() {
+        let b = Obj::typed("x")
+            .str("s", "q\"uo\\te\n\u{1}é")
+            .bool("ok", true)
+            .u64("n", 42)
+            .raw("d", br#"{"a":[1,2]}"#)
+            .opt_str("none", None)
+            .finish();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["type"], "x");
+        assert_eq!(v["s"], "q\"uo\\te\n\u{1}é");
+        assert_eq!(v["n"], 42);
+        assert_eq!(v["d"]["a"][1], 2);
+        assert!(v.get("none").is_none());
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let t = now_iso();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.');
+    }
+}

@@ -1,0 +1,51 @@
+//! The WebSocketHandler JSON protocol: message types, error codes, topics and
+//! reply building. The per-message logic that uses them lives with the shard
+//! that owns the connection (`shard::dispatch`); the wire format is written
+//! down in `docs/protocol.md`.
+//!
+//! Parsing uses simd-json's borrowed values (strings point into the message
+//! buffer); replies on the hot path are written field by field ([`json`]).
+
+pub mod json;
+pub mod stream;
+pub mod topic;
+
+/// The `code` of an `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The text was not JSON.
+    InvalidJson,
+    /// No `type`, or one the server does not know.
+    UnknownType,
+    /// The message is for a feature switched off in the config.
+    FeatureDisabled,
+    /// A required field is missing or has the wrong type.
+    InvalidMessage,
+    /// Authentication is required first.
+    Unauthenticated,
+    /// `stream_data`/`stream_end` for a stream that was never started.
+    UnknownStream,
+    /// A gap or repeat in a stream's `sequenceNumber`.
+    StreamSequence,
+    /// The client type may not do this (e.g. `register` from a non-service).
+    Forbidden,
+}
+
+impl ErrorCode {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::FeatureDisabled => "feature_disabled",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::UnknownStream => "unknown_stream",
+            ErrorCode::StreamSequence => "stream_sequence",
+            ErrorCode::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// The server's version, sent in `welcome`.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,139 @@
+//! A JSON protocol client for tests, over tokio-tungstenite.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::util::WAIT;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A connected protocol client that has read its `welcome`.
+pub struct Client {
+    pub ws: Ws,
+    pub id: String,
+    pub welcome: Value,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let mut c = Client {
+            ws,
+            id: String::new(),
+            welcome: Value::Null,
+        };
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.id = w["clientId"].as_str().unwrap().to_owned();
+        c.welcome = w;
+        c
+    }
+
+    /// Connect and complete a handshake as `client_type`.
+    pub async fn with_type(addr: SocketAddr, client_type: &str) -> Client {
+        let mut c = Client::connect(addr).await;
+        let r = c
+            .call(json!({"type": "handshake", "clientType": client_type, "version": "1.0.0"}))
+            .await;
+        assert_eq!(r["success"], true, "{r}");
+        c
+    }
+
+    /// The shard that owns this client (from its id `<instance>-<shard>-<key>`).
+    pub fn shard(&self) -> usize {
+        self.id.rsplit('-').nth(1).unwrap().parse().unwrap()
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// The next JSON message (pings are skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no message within WAIT")
+                .expect("stream ended")
+                .expect("websocket error");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(f) => panic!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Send and return the next message.
+    pub async fn call(&mut self, v: Value) -> Value {
+        self.send(v).await;
+        self.recv().await
+    }
+
+    /// Skip messages until one of type `ty`.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Read until the server closes; the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no close within WAIT")
+            {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Whether a message arrives within `ms`.
+    pub async fn quiet_for(&mut self, ms: u64) -> bool {
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(ms), self.ws.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(Message::Text(t)))) => panic!("unexpected message: {t}"),
+                Ok(Some(Ok(_))) => continue,
+                Ok(_) => return true,
+            }
+        }
+    }
+}
+
+/// Protocol-mode config: two shards, loopback, no heartbeat.
+pub fn proto_config(driver: wshandler::IoDriver) -> wshandler::Config {
+    let mut c = crate::util::test_config(driver);
+    c.echo = false;
+    c
+}
+
+/// Open clients until there is one on each of two different shards.
+pub async fn on_two_shards(addr: SocketAddr, client_type: &str) -> (Client, Client) {
+    let a = Client::with_type(addr, client_type).await;
+    for _ in 0..64 {
+        let b = Client::with_type(addr, client_type).await;
+        if b.shard() != a.shard() {
+            return (a, b);
+        }
+    }
+    panic!("SO_REUSEPORT never spread 65 connections over two shards");
+}
