@@ -35,5 +35,5 @@ pub mod ws;
 pub use api::{CallContext, HandlerResult};
 pub use config::{Config, IoDriver};
 pub use events::Event;
-pub use server::{ApiError, ServerError, Status, WebSocketHandler};
+pub use server::{ApiError, Handle, ServerError, Status, WebSocketHandler};
 pub use shard::DriverKind;

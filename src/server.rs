@@ -427,8 +427,186 @@ impl WebSocketHandler {
             .register(CallKind::Method, method, api::handler(handler));
     }
 
+    /// A cloneable handle for calling the server from other threads and
+    /// event handlers (publish, send, request, status).
+    pub fn handle(&self) -> Result<Handle, ApiError> {
+        self.shared
+            .clone()
+            .map(|shared| Handle { shared })
+            .ok_or(ApiError::NotRunning)
+    }
+
+    /// Publish `data` on `topic` to every matching subscriber on every
+    /// shard, except `exclude_client_id`.
+    pub fn publish(
+        &self,
+        topic: &str,
+        data: &serde_json::Value,
+        exclude_client_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.handle()?.publish(topic, data, exclude_client_id)
+    }
+
+    /// Send `data` (JSON) to one client. Fails if it is not connected.
+    pub async fn send_to_client(
+        &self,
+        client_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        self.handle()?.send_to_client(client_id, data).await
+    }
+
+    async fn send_raw(&self, client_id: &str, payload: Bytes) -> Result<(), ApiError> {
+        self.handle()?.send_raw(client_id, payload).await
+    }
+
+    /// Send a `request` to a client and wait for its `response` (at most
+    /// `request_timeout`). `Ok` carries the response's `data`.
+    pub async fn request_client(
+        &self,
+        client_id: &str,
+        endpoint: &str,
+        data: &serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.handle()?
+            .request_client(client_id, endpoint, data)
+            .await
+    }
+
+    /// Start a server-to-client stream (`stream_start` to the client).
+    pub async fn start_stream(
+        &self,
+        client_id: &str,
+        stream_id: &str,
+        stream_type: &str,
+    ) -> Result<(), ApiError> {
+        {
+            let mut streams = self.streams.lock().expect("poisoned");
+            if streams.contains_key(stream_id) {
+                return Err(ApiError::Invalid(format!(
+                    "stream {stream_id} already active"
+                )));
+            }
+            streams.insert(stream_id.to_owned(), (client_id.to_owned(), 1));
+        }
+        let msg = Obj::typed("stream_start")
+            .str("streamId", stream_id)
+            .str("streamType", stream_type)
+            .finish();
+        let r = self.send_raw(client_id, msg).await;
+        if r.is_err() {
+            self.streams.lock().expect("poisoned").remove(stream_id);
+        }
+        r
+    }
+
+    /// Send one chunk on a server stream; sequence numbers start at 1.
+    pub async fn send_stream_data(
+        &self,
+        stream_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let (client, seq) = {
+            let mut streams = self.streams.lock().expect("poisoned");
+            let e = streams
+                .get_mut(stream_id)
+                .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
+            e.1 += 1;
+            (e.0.clone(), e.1 - 1)
+        };
+        let msg = Obj::typed("stream_data")
+            .str("streamId", stream_id)
+            .value("data", data)
+            .u64("sequenceNumber", seq)
+            .finish();
+        self.send_raw(&client, msg).await
+    }
+
+    /// End a server stream (`stream_end` to the client).
+    pub async fn end_stream(&self, stream_id: &str) -> Result<(), ApiError> {
+        let (client, next) = self
+            .streams
+            .lock()
+            .expect("poisoned")
+            .remove(stream_id)
+            .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
+        let msg = Obj::typed("stream_end")
+            .str("streamId", stream_id)
+            .u64("chunks", next - 1)
+            .finish();
+        self.send_raw(&client, msg).await
+    }
+
+    /// Connection count, limits, uptime, every client, per-shard counts.
+    pub async fn get_status(&self) -> Result<Status, ApiError> {
+        Ok(self.handle()?.get_status().await)
+    }
+
+    /// Call `handler` on a dedicated thread for every event named `event`
+    /// (the seed's names: `client-connected`, `data-received`, ...; `"*"` for
+    /// all). Handlers never run on a shard.
+    pub fn on<F>(&self, event: &str, handler: F)
+    where
+        F: Fn(&Event) + Send + 'static,
+    {
+        let rx = self.subscribe_events();
+        let name = event.to_owned();
+        std::thread::Builder::new()
+            .name(format!("wsh-on-{name}"))
+            .spawn(move || {
+                for ev in rx.iter() {
+                    if name == "*" || ev.name() == name {
+                        handler(&ev);
+                    }
+                }
+            })
+            .expect("spawn event thread");
+    }
+
+    /// Stop accepting, close every connection with 1001, wait for them to
+    /// close (at most `drain_timeout`), and join the shard threads.
+    pub async fn stop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        shared.stopping.store(true, Ordering::Release);
+        for s in &self.shards {
+            s.mailbox.send(ShardMsg::Stop);
+        }
+        let threads: Vec<_> = self.shards.drain(..).map(|s| s.thread).collect();
+        let join = move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                let _ = tokio::task::spawn_blocking(join).await;
+            }
+            Err(_) => join(),
+        }
+        info!("wshandler stopped");
+        shared.events.emit(|| Event::ServerStopped);
+        self.addr = None;
+    }
+
+    /// Uptime since `start`.
+    pub fn uptime(&self) -> Duration {
+        self.shared
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.started.elapsed())
+    }
+}
+
+/// A cheap, cloneable, `Send + Sync` handle to a running server.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
     fn running(&self) -> Result<&Arc<Shared>, ApiError> {
-        self.shared.as_ref().ok_or(ApiError::NotRunning)
+        Ok(&self.shared)
     }
 
     fn owner(&self, client_id: &str) -> Result<(&Arc<Shared>, usize, u64), ApiError> {
@@ -525,129 +703,24 @@ impl WebSocketHandler {
         }
     }
 
-    /// Start a server-to-client stream (`stream_start` to the client).
-    pub async fn start_stream(
-        &self,
-        client_id: &str,
-        stream_id: &str,
-        stream_type: &str,
-    ) -> Result<(), ApiError> {
-        {
-            let mut streams = self.streams.lock().expect("poisoned");
-            if streams.contains_key(stream_id) {
-                return Err(ApiError::Invalid(format!(
-                    "stream {stream_id} already active"
-                )));
-            }
-            streams.insert(stream_id.to_owned(), (client_id.to_owned(), 1));
+    /// The seed's `broadcastToAll(message, clientTypeFilter)`.
+    pub fn broadcast_to_all(&self, message: &serde_json::Value, client_type_filter: Option<&str>) {
+        let payload = Bytes::from(serde_json::to_vec(message).expect("value serialises"));
+        let frame = frame::encode(OpCode::Text, false, &payload);
+        let filter: Option<Arc<str>> = client_type_filter.map(Into::into);
+        for m in &self.shared.mailboxes {
+            m.send(ShardMsg::Broadcast {
+                text: true,
+                payload: payload.clone(),
+                frame: frame.clone(),
+                filter: filter.clone(),
+            });
         }
-        let msg = Obj::typed("stream_start")
-            .str("streamId", stream_id)
-            .str("streamType", stream_type)
-            .finish();
-        let r = self.send_raw(client_id, msg).await;
-        if r.is_err() {
-            self.streams.lock().expect("poisoned").remove(stream_id);
-        }
-        r
     }
 
-    /// Send one chunk on a server stream; sequence numbers start at 1.
-    pub async fn send_stream_data(
-        &self,
-        stream_id: &str,
-        data: &serde_json::Value,
-    ) -> Result<(), ApiError> {
-        let (client, seq) = {
-            let mut streams = self.streams.lock().expect("poisoned");
-            let e = streams
-                .get_mut(stream_id)
-                .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
-            e.1 += 1;
-            (e.0.clone(), e.1 - 1)
-        };
-        let msg = Obj::typed("stream_data")
-            .str("streamId", stream_id)
-            .value("data", data)
-            .u64("sequenceNumber", seq)
-            .finish();
-        self.send_raw(&client, msg).await
-    }
-
-    /// End a server stream (`stream_end` to the client).
-    pub async fn end_stream(&self, stream_id: &str) -> Result<(), ApiError> {
-        let (client, next) = self
-            .streams
-            .lock()
-            .expect("poisoned")
-            .remove(stream_id)
-            .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
-        let msg = Obj::typed("stream_end")
-            .str("streamId", stream_id)
-            .u64("chunks", next - 1)
-            .finish();
-        self.send_raw(&client, msg).await
-    }
-
-    /// Connection count, limits, uptime, every client, per-shard counts.
-    pub async fn get_status(&self) -> Result<Status, ApiError> {
-        let shared = self.running()?.clone();
-        Ok(collect_status(&shared).await)
-    }
-
-    /// Call `handler` on a dedicated thread for every event named `event`
-    /// (the seed's names: `client-connected`, `data-received`, ...; `"*"` for
-    /// all). Handlers never run on a shard.
-    pub fn on<F>(&self, event: &str, handler: F)
-    where
-        F: Fn(&Event) + Send + 'static,
-    {
-        let rx = self.subscribe_events();
-        let name = event.to_owned();
-        std::thread::Builder::new()
-            .name(format!("wsh-on-{name}"))
-            .spawn(move || {
-                for ev in rx.iter() {
-                    if name == "*" || ev.name() == name {
-                        handler(&ev);
-                    }
-                }
-            })
-            .expect("spawn event thread");
-    }
-
-    /// Stop accepting, close every connection with 1001, wait for them to
-    /// close (at most `drain_timeout`), and join the shard threads.
-    pub async fn stop(&mut self) {
-        let Some(shared) = self.shared.take() else {
-            return;
-        };
-        shared.stopping.store(true, Ordering::Release);
-        for s in &self.shards {
-            s.mailbox.send(ShardMsg::Stop);
-        }
-        let threads: Vec<_> = self.shards.drain(..).map(|s| s.thread).collect();
-        let join = move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                let _ = tokio::task::spawn_blocking(join).await;
-            }
-            Err(_) => join(),
-        }
-        info!("wshandler stopped");
-        shared.events.emit(|| Event::ServerStopped);
-        self.addr = None;
-    }
-
-    /// Uptime since `start`.
-    pub fn uptime(&self) -> Duration {
-        self.shared
-            .as_ref()
-            .map_or(Duration::ZERO, |s| s.started.elapsed())
+    /// See [`WebSocketHandler::get_status`].
+    pub async fn get_status(&self) -> Status {
+        collect_status(&self.shared).await
     }
 }
 
