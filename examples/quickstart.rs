@@ -6,9 +6,14 @@ use wshandler::{Config, Event, WebSocketHandler};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut server = WebSocketHandler::new(Config { port: 8080, ..Config::default() });
+    let mut server = WebSocketHandler::new(Config {
+        port: 8080,
+        ..Config::default()
+    });
     server.register_rpc_method("calculateAverage", |_ctx, params| async move {
-        let v = params["values"].as_array().ok_or("values must be an array")?;
+        let v = params["values"]
+            .as_array()
+            .ok_or("values must be an array")?;
         let sum: f64 = v.iter().filter_map(|x| x.as_f64()).sum();
         Ok(json!(sum / v.len() as f64))
     });

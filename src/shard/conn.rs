@@ -247,6 +247,12 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
         msgs_out: Cell::new(0),
     });
     ctx.insert(conn.clone());
+    // Releases the slot (registry entry, max_connections count) however this
+    // task ends, a panic in a handler included.
+    let _slot = Slot {
+        ctx: ctx.clone(),
+        conn: conn.clone(),
+    };
     ctx.shared.events.emit(|| Event::ClientConnected {
         client_id: conn.client_id.clone(),
         remote_addr: peer,
@@ -287,15 +293,28 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     if end != End::Killed {
         Box::pin(linger(&*stream)).await;
     }
-    ctx.remove(conn.key);
-    ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
-    let duration = conn.connected_at.elapsed().as_millis() as u64;
-    ctx.shared.events.emit(|| Event::ClientDisconnected {
-        client_id: conn.client_id.clone(),
-        connected_duration_ms: duration,
-        code: conn.close_code.get(),
-    });
-    debug!(client = %conn.client_id, peer = %conn.peer, ?end, duration_ms = duration, "disconnected");
+    debug!(client = %conn.client_id, peer = %conn.peer, ?end, "disconnected");
+}
+
+/// A connection's place on the shard; dropping it frees the place.
+struct Slot {
+    ctx: Rc<ShardCtx>,
+    conn: Rc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (ctx, conn) = (&self.ctx, &self.conn);
+        conn.abort();
+        ctx.remove(conn.key);
+        ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+        let duration = conn.connected_at.elapsed().as_millis() as u64;
+        ctx.shared.events.emit(|| Event::ClientDisconnected {
+            client_id: conn.client_id.clone(),
+            connected_duration_ms: duration,
+            code: conn.close_code.get(),
+        });
+    }
 }
 
 /// Read the upgrade request and answer it. Returns the agreed deflate state

@@ -860,7 +860,8 @@ impl ShardCtx {
         let Some(id) = str_field(v, "streamId") else {
             return self.missing(conn, "stream_end", "streamId");
         };
-        let Some(s) = conn.client.borrow_mut().streams.remove(id) else {
+        let removed = conn.client.borrow_mut().streams.remove(id);
+        let Some(s) = removed else {
             return self.send_error(
                 conn,
                 ErrorCode::UnknownStream,

@@ -529,6 +529,9 @@ async fn run<L: Listener>(
                 Err(e) => {
                     // EMFILE/ENFILE: back off briefly instead of spinning.
                     warn!(shard = id, error = %e, "accept failed");
+                    ctx.shared.events.emit(|| crate::events::Event::ServerError {
+                        message: format!("shard {id}: accept failed: {e}"),
+                    });
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
             },

@@ -519,6 +519,14 @@ both_drivers!(client_streams, |driver| {
     );
     let r = c.call(json!({"type": "stream_data", "streamId": "upload_1", "data": "AA==", "sequenceNumber": 4})).await;
     assert_eq!(r["code"], "unknown_stream");
+    let r = c
+        .call(json!({"type": "stream_end", "streamId": "never"}))
+        .await;
+    assert_eq!(r["code"], "unknown_stream");
+    assert_eq!(
+        c.call(json!({"type": "heartbeat"})).await["type"],
+        "heartbeat_response"
+    );
     srv.stop().await;
 });
 
