@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         port: if demo { 0 } else { 3000 },
         enable_pub_sub: true,
         enable_authentication: false,
+        persist: false,
         ..Config::default()
     });
     server.start().await?;

@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
         db_table_name: "temperature_readings".into(),
         required_fields: vec!["temperature".into(), "sensor_id".into()],
         enable_data_validation: true,
+        // Readings are stored durably; the demo keeps them in a temp dir.
+        data_dir: if demo {
+            std::env::temp_dir().join(format!("wshandler-iot-demo-{}", std::process::id()))
+        } else {
+            "./wshandler-data".into()
+        },
         ..Config::default()
     });
     server.start().await?;

@@ -8,6 +8,7 @@ use wshandler::{Config, Event, WebSocketHandler};
 async fn main() -> anyhow::Result<()> {
     let mut server = WebSocketHandler::new(Config {
         port: 8080,
+        persist: false,
         ..Config::default()
     });
     server.register_rpc_method("calculateAverage", |_ctx, params| async move {

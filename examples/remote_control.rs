@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         enable_rpc: true,
         enable_authentication: true,
         auth_token: Some(std::env::var("CONTROL_TOKEN").unwrap_or_else(|_| "control-token".into())),
+        persist: false,
         ..Config::default()
     });
     server.register_rpc_method("turnOnLight", |_, params| async move {

@@ -33,7 +33,7 @@ pub const ENV_PREFIX: &str = "WSH_";
 
 /// `WSH_*` variables that are not fields and are skipped by [`Config::load`]
 /// (`WSH_CONFIG` names the config file; `main` reads it, not this module).
-pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG", "WSH_LOG"];
+pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG", "WSH_LOG", "WSH_ENCRYPTION_KEY"];
 
 /// Log levels accepted by `log_level`, most to least verbose.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -214,6 +214,43 @@ pub struct Config {
     /// Name of the table (key prefix) that data messages are stored under.
     /// Letters, digits, `_` and `-` only. Default `sensor_data`.
     pub db_table_name: String,
+    /// Store accepted `data` records in RocksDB under `data_dir`; with it on,
+    /// a `data_response` is sent only once the record is durable and carries
+    /// its `insertId`. Default true.
+    pub persist: bool,
+    /// What an acknowledgement promises: `"sync"` (WAL fsynced per batch:
+    /// survives power loss), `"wal"` (WAL written, fsync left to the OS:
+    /// survives a process crash), `"none"` (no WAL: throwaway data).
+    /// Default `"sync"`.
+    pub durability: crate::store::Durability,
+    /// Most records the writer commits in one batch. Default 4096.
+    pub store_batch_max: usize,
+    /// Most bytes the writer commits in one batch. Default 4 MiB.
+    pub store_batch_bytes: usize,
+    /// Records that may wait for the writer across all shards; when it is
+    /// full, shards stop reading from connections that send data (TCP
+    /// back-pressure). Default 65536.
+    pub store_queue: usize,
+    /// RocksDB memtable size per table, bytes. Default 64 MiB.
+    pub store_write_buffer_size: usize,
+    /// Other tables a `data` message may name in its `table` field.
+    /// Default none.
+    pub allowed_tables: Vec<String>,
+    /// File holding the base64 32-byte key for `fields_to_encrypt` (the
+    /// `WSH_ENCRYPTION_KEY` environment variable is the alternative).
+    /// Default unset.
+    pub encryption_key_file: Option<PathBuf>,
+    /// How long a (deviceId, messageId) pair is remembered for
+    /// effectively-once ingest. Default 10m.
+    #[serde(with = "duration_serde")]
+    pub dedup_window: Duration,
+    /// Delete records older than this in the background (`"0s"`: keep
+    /// forever). Default 0s.
+    #[serde(with = "duration_serde")]
+    pub retention: Duration,
+    /// Per-table retention overriding `retention`, as `"table=30d"` items.
+    /// Default none.
+    pub table_retention: Vec<String>,
 }
 
 impl Default for Config {
@@ -255,6 +292,17 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             data_dir: PathBuf::from("./wshandler-data"),
             db_table_name: "sensor_data".to_owned(),
+            persist: true,
+            durability: crate::store::Durability::Sync,
+            store_batch_max: 4096,
+            store_batch_bytes: 4 * 1024 * 1024,
+            store_queue: 65536,
+            store_write_buffer_size: 64 * 1024 * 1024,
+            allowed_tables: Vec::new(),
+            encryption_key_file: None,
+            dedup_window: Duration::from_secs(600),
+            retention: Duration::ZERO,
+            table_retention: Vec::new(),
         }
     }
 }
@@ -312,6 +360,17 @@ impl fmt::Debug for Config {
             drain_timeout,
             data_dir,
             db_table_name,
+            persist,
+            durability,
+            store_batch_max,
+            store_batch_bytes,
+            store_queue,
+            store_write_buffer_size,
+            allowed_tables,
+            encryption_key_file,
+            dedup_window,
+            retention,
+            table_retention,
         } = self;
         f.debug_struct("Config")
             .field("port", port)
@@ -349,6 +408,17 @@ impl fmt::Debug for Config {
             .field("drain_timeout", drain_timeout)
             .field("data_dir", data_dir)
             .field("db_table_name", db_table_name)
+            .field("persist", persist)
+            .field("durability", durability)
+            .field("store_batch_max", store_batch_max)
+            .field("store_batch_bytes", store_batch_bytes)
+            .field("store_queue", store_queue)
+            .field("store_write_buffer_size", store_write_buffer_size)
+            .field("allowed_tables", allowed_tables)
+            .field("encryption_key_file", encryption_key_file)
+            .field("dedup_window", dedup_window)
+            .field("retention", retention)
+            .field("table_retention", table_retention)
             .finish()
     }
 }
@@ -453,7 +523,55 @@ pub enum ConfigError {
     },
 }
 
+fn valid_table(t: &str) -> bool {
+    !t.is_empty()
+        && !matches!(t, "default" | "meta" | "dedup")
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl Config {
+    /// Every table: `db_table_name` first, then `allowed_tables`.
+    pub fn tables(&self) -> Vec<String> {
+        let mut t = vec![self.db_table_name.clone()];
+        for a in &self.allowed_tables {
+            if !t.contains(a) {
+                t.push(a.clone());
+            }
+        }
+        t
+    }
+
+    /// Retention per table (`None`: keep forever).
+    pub fn table_retention_map(&self) -> Result<Vec<(String, Option<Duration>)>, ConfigError> {
+        let mut out: Vec<(String, Option<Duration>)> = self
+            .tables()
+            .into_iter()
+            .map(|t| (t, (!self.retention.is_zero()).then_some(self.retention)))
+            .collect();
+        for item in &self.table_retention {
+            let bad = |m: String| ConfigError::Invalid {
+                field: "table_retention",
+                message: m,
+            };
+            let (t, d) = item
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{item}`: expected `table=duration`")))?;
+            let d =
+                humantime::parse_duration(d.trim()).map_err(|e| bad(format!("`{item}`: {e}")))?;
+            match out.iter_mut().find(|(n, _)| n == t.trim()) {
+                Some(e) => e.1 = (!d.is_zero()).then_some(d),
+                None => {
+                    return Err(bad(format!(
+                        "`{item}`: `{}` is not db_table_name or in allowed_tables",
+                        t.trim()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Builds the configuration from its layers: defaults, then the TOML
     /// `file` (if given), then `env` (pass `std::env::vars()`; only `WSH_*`
     /// names are used, except those in [`RESERVED_ENV`]), then `overrides`
@@ -587,15 +705,11 @@ impl Config {
         if self.db_table_name.is_empty() {
             return invalid("db_table_name", "must not be empty".to_owned());
         }
-        if !self
-            .db_table_name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !valid_table(&self.db_table_name) {
             return invalid(
                 "db_table_name",
                 format!(
-                    "may contain only ASCII letters, digits, `_` and `-` (got `{}`)",
+                    "may contain only ASCII letters, digits, `_` and `-`, and may not be default, meta or dedup (got `{}`)",
                     self.db_table_name
                 ),
             );
@@ -635,6 +749,29 @@ impl Config {
         if self.auth_timeout.is_zero() {
             return invalid("auth_timeout", "must be greater than 0".to_owned());
         }
+        for t in &self.allowed_tables {
+            if !valid_table(t) {
+                return invalid(
+                    "allowed_tables",
+                    format!(
+                        "`{t}`: table names may contain only ASCII letters, digits, `_` and `-`"
+                    ),
+                );
+            }
+        }
+        if self.store_batch_max == 0 || self.store_batch_bytes == 0 || self.store_queue == 0 {
+            return invalid(
+                "store_batch_max",
+                "store_batch_max, store_batch_bytes and store_queue must be at least 1".to_owned(),
+            );
+        }
+        if self.store_write_buffer_size < 64 * 1024 {
+            return invalid(
+                "store_write_buffer_size",
+                "must be at least 64 KiB".to_owned(),
+            );
+        }
+        self.table_retention_map()?;
         if self.max_errors_per_minute == 0 {
             return invalid("max_errors_per_minute", "must be at least 1".to_owned());
         }
@@ -706,6 +843,17 @@ const FIELDS: &[(&str, Kind)] = &[
     ("log_level", Kind::Str),
     ("data_dir", Kind::Str),
     ("db_table_name", Kind::Str),
+    ("persist", Kind::Bool),
+    ("durability", Kind::Str),
+    ("store_batch_max", Kind::Int),
+    ("store_batch_bytes", Kind::Int),
+    ("store_queue", Kind::Int),
+    ("store_write_buffer_size", Kind::Int),
+    ("allowed_tables", Kind::List),
+    ("encryption_key_file", Kind::Str),
+    ("dedup_window", Kind::Duration),
+    ("retention", Kind::Duration),
+    ("table_retention", Kind::List),
 ];
 
 fn field_kind(key: &str) -> Option<Kind> {
@@ -955,6 +1103,7 @@ mod tests {
     fn fields_table_matches_struct() {
         let c = Config {
             auth_token: Some("t".into()),
+            encryption_key_file: Some("k".into()),
             ..Config::default()
         };
         let toml::Value::Table(t) = toml::Value::try_from(&c).unwrap() else {

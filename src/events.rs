@@ -134,6 +134,24 @@ pub enum Event {
         /// Decoded bytes in the chunk.
         bytes: u64,
     },
+    /// A record was stored.
+    DatabaseInsert {
+        /// Who sent it.
+        client_id: String,
+        /// The table.
+        table: String,
+        /// Its insertId.
+        insert_id: u64,
+    },
+    /// A record could not be stored (its sender got `success:false`).
+    DatabaseError {
+        /// Who sent it.
+        client_id: String,
+        /// The table.
+        table: String,
+        /// The database's message.
+        message: String,
+    },
     /// A client ended a stream.
     StreamEnded {
         /// Who.
@@ -168,6 +186,8 @@ impl Event {
             Event::StreamStarted { .. } => "stream-started",
             Event::StreamData { .. } => "stream-data",
             Event::StreamEnded { .. } => "stream-ended",
+            Event::DatabaseInsert { .. } => "database-insert",
+            Event::DatabaseError { .. } => "database-error",
         }
     }
 }

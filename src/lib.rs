@@ -17,6 +17,8 @@
 //! - [`events`]: server events, delivered to subscribers off the hot path.
 //! - [`protocol`]: the WebSocketHandler JSON protocol (message types, error
 //!   codes, topics, reply building); `shard::dispatch` applies it.
+//! - [`store`]: RocksDB persistence — the writer thread (group commit),
+//!   keys, field encryption, read-back.
 //! - [`api`]: handlers the embedding program registers for requests and RPC.
 //!
 //! See `docs/architecture.md` for the design and its alternatives.
@@ -30,6 +32,7 @@ pub mod events;
 pub mod protocol;
 pub mod server;
 mod shard;
+pub mod store;
 pub mod ws;
 
 pub use api::{CallContext, HandlerResult};

@@ -30,6 +30,51 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (after file, env and flags) as TOML.
     Config(ServeArgs),
+    /// Print stored records, one per line (works while the server runs).
+    Query(QueryArgs),
+    /// Print per-table record counts and sizes (works while the server runs).
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    /// The server's data directory.
+    #[arg(long, default_value = "./wshandler-data")]
+    data_dir: PathBuf,
+    /// Table to read (default: sensor_data).
+    #[arg(long, default_value = "sensor_data")]
+    table: String,
+    /// First insertId to print (inclusive).
+    #[arg(long)]
+    from: Option<u64>,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records at or before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many records.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
+    /// File with the base64 key for encrypted fields (or set WSH_ENCRYPTION_KEY).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// The server's data directory.
+    #[arg(long, default_value = "./wshandler-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +154,8 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Query(args) => report(query(args)),
+        Command::Stats(args) => report(stats(args)),
         Command::Config(args) => match args.load() {
             Ok(cfg) => {
                 print!(
@@ -183,4 +230,80 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wshandler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn query(a: QueryArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use wshandler::store::{crypto::FieldKey, Scan, Store};
+    let key = match (&a.key_file, std::env::var("WSH_ENCRYPTION_KEY")) {
+        (Some(p), _) => Some(FieldKey::from_base64(&std::fs::read_to_string(p)?)?),
+        (None, Ok(k)) => Some(FieldKey::from_base64(&k)?),
+        (None, Err(_)) => None,
+    };
+    let store = Store::open_secondary(&a.data_dir)?;
+    let scan = Scan {
+        table: a.table,
+        from: a.from,
+        since: a.since,
+        until: a.until,
+        limit: a.limit,
+    };
+    let records = store.scan(&scan, key.as_ref())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if matches!(a.format, Format::Csv) {
+        writeln!(out, "insertId,clientId,clientType,dataType,timestamp,data")?;
+    }
+    for r in records {
+        match a.format {
+            Format::Jsonl => writeln!(out, "{r}")?,
+            Format::Csv => {
+                let s = |k: &str| r[k].as_str().map(str::to_owned).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{}",
+                    r["insertId"],
+                    csv_field(&s("clientId")),
+                    csv_field(&s("clientType")),
+                    csv_field(&s("dataType")),
+                    csv_field(&s("timestamp")),
+                    csv_field(&r["data"].to_string())
+                )?
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn stats(a: StatsArgs) -> anyhow::Result<()> {
+    let store = wshandler::store::Store::open_secondary(&a.data_dir)?;
+    println!(
+        "{:<24} {:>12} {:>14} {:>14} {:>14}",
+        "table", "records", "lastInsertId", "sstBytes", "memtableBytes"
+    );
+    for t in store.stats()? {
+        println!(
+            "{:<24} {:>12} {:>14} {:>14} {:>14}",
+            t.table, t.records, t.last_insert_id, t.sst_bytes, t.memtable_bytes
+        );
+    }
+    Ok(())
 }

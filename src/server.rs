@@ -63,6 +63,14 @@ pub enum ServerError {
     /// `start()` on a running server.
     #[error("server already started")]
     AlreadyStarted,
+    /// The store could not be opened.
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: crate::store::StoreError,
+    },
 }
 
 /// Why an API call failed.
@@ -100,6 +108,10 @@ pub(crate) struct Shared {
     pub(crate) shards: usize,
     /// Every shard's mailbox, indexed by shard id.
     pub(crate) mailboxes: Vec<Mailbox>,
+    /// The store writer's queue (persistence on).
+    pub(crate) store: Option<crate::store::StoreHandle>,
+    /// Key for `fields_to_encrypt`.
+    pub(crate) field_key: Option<crate::store::crypto::FieldKey>,
     /// Handlers and service registrations.
     pub(crate) registry: Arc<Registry>,
 }
@@ -225,6 +237,11 @@ pub struct WebSocketHandler {
     driver: Option<DriverKind>,
     events: Arc<EventHubSlot>,
     registry: Arc<Registry>,
+    writer: Option<(
+        crossbeam_channel::Sender<crate::store::WriteMsg>,
+        std::thread::JoinHandle<()>,
+    )>,
+    store: Option<crate::store::Store>,
     /// Server-initiated streams: stream id → (client id, next sequence number).
     streams: std::sync::Mutex<HashMap<String, (String, u64)>>,
 }
@@ -255,6 +272,8 @@ impl WebSocketHandler {
             driver: None,
             events: Arc::default(),
             registry: Arc::default(),
+            writer: None,
+            store: None,
             streams: std::sync::Mutex::default(),
         }
     }
@@ -284,8 +303,28 @@ impl WebSocketHandler {
             self.config.max_payload_size
         };
         let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| shard::mailbox()).unzip();
+        let field_key = self.load_field_key()?;
+        // Echo mode is the conformance mode: it never stores anything.
+        let (store, writer) = if self.config.persist && !self.config.echo {
+            let blocked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (store, tx, handle) = self.open_store(&mailboxes, blocked.clone())?;
+            (
+                Some(crate::store::StoreHandle {
+                    tx: tx.clone(),
+                    store,
+                    blocked,
+                }),
+                Some((tx, handle)),
+            )
+        } else {
+            (None, None)
+        };
+        self.store = store.as_ref().map(|s| s.store.clone());
+        self.writer = writer;
         let shared = Arc::new(Shared {
             mailboxes,
+            store,
+            field_key,
             registry: self.registry.clone(),
             config: self.config.clone(),
             max_message_size,
@@ -348,6 +387,88 @@ impl WebSocketHandler {
         info!(%addr, shards = n, driver = %driver.map(|d| d.to_string()).unwrap_or_default(), "wshandler listening");
         shared.events.emit(|| Event::ServerStarted { addr });
         Ok(())
+    }
+
+    fn load_field_key(&self) -> Result<Option<crate::store::crypto::FieldKey>, ServerError> {
+        use crate::config::ConfigError;
+        let text = match (
+            &self.config.encryption_key_file,
+            std::env::var("WSH_ENCRYPTION_KEY"),
+        ) {
+            (Some(path), _) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            (None, Ok(k)) => Some(k),
+            (None, Err(_)) => None,
+        };
+        match text {
+            Some(t) => crate::store::crypto::FieldKey::from_base64(&t)
+                .map(Some)
+                .map_err(|e| {
+                    ServerError::Config(ConfigError::Invalid {
+                        field: "encryption_key_file",
+                        message: e.to_string(),
+                    })
+                }),
+            None if !self.config.fields_to_encrypt.is_empty() => {
+                Err(ServerError::Config(ConfigError::Invalid {
+                    field: "fields_to_encrypt",
+                    message:
+                        "is set but there is no key: set encryption_key_file or WSH_ENCRYPTION_KEY \
+                          (base64 of 32 random bytes, e.g. `head -c32 /dev/urandom | base64`)"
+                            .into(),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_store(
+        &self,
+        mailboxes: &[Mailbox],
+        blocked: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<
+        (
+            crate::store::Store,
+            crossbeam_channel::Sender<crate::store::WriteMsg>,
+            std::thread::JoinHandle<()>,
+        ),
+        ServerError,
+    > {
+        let c = &self.config;
+        let dir = c.data_dir.clone();
+        let err = |source| ServerError::Store {
+            dir: dir.clone(),
+            source,
+        };
+        let cfg = crate::store::StoreConfig {
+            dir: c.data_dir.clone(),
+            tables: c.tables(),
+            durability: c.durability,
+            batch_max: c.store_batch_max,
+            batch_bytes: c.store_batch_bytes,
+            queue: c.store_queue,
+            dedup_window: c.dedup_window,
+            retention: c.table_retention_map()?,
+            write_buffer_size: c.store_write_buffer_size,
+        };
+        let store = crate::store::Store::open(&cfg).map_err(err)?;
+        let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
+        let handle =
+            crate::store::spawn_writer(store.clone(), cfg, rx, mailboxes.to_vec(), blocked)
+                .map_err(err)?;
+        Ok((store, tx, handle))
+    }
+
+    /// The store (persistence on, after `start`): `Store::scan` reads records back.
+    pub fn store(&self) -> Option<&crate::store::Store> {
+        self.store.as_ref()
     }
 
     /// The address the server listens on (after `start`).
@@ -585,6 +706,19 @@ impl WebSocketHandler {
             }
             Err(_) => join(),
         }
+        if let Some((tx, handle)) = self.writer.take() {
+            let _ = tx.send(crate::store::WriteMsg::Shutdown);
+            let join = move || {
+                let _ = handle.join();
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => {
+                    let _ = tokio::task::spawn_blocking(join).await;
+                }
+                Err(_) => join(),
+            }
+        }
+        self.store = None;
         info!("wshandler stopped");
         shared.events.emit(|| Event::ServerStopped);
         self.addr = None;
@@ -733,6 +867,10 @@ impl Drop for WebSocketHandler {
             }
             for s in self.shards.drain(..) {
                 let _ = s.thread.join();
+            }
+            if let Some((tx, handle)) = self.writer.take() {
+                let _ = tx.send(crate::store::WriteMsg::Shutdown);
+                let _ = handle.join();
             }
         }
     }

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test
+cargo test --manifest-path loadtest/Cargo.toml
 VENV=${WSHANDLER_VENV:-$HOME/.cache/wshandler-venv}
 if [[ ! -x $VENV/bin/pytest ]] || ! "$VENV/bin/python" -c 'import websockets' 2> /dev/null; then
   python3 -m venv "$VENV"

@@ -476,6 +476,20 @@ async fn read_loop<S: Stream>(
         if !conn.out.borrow().is_empty() {
             conn.wake_writer();
         }
+        // The store writer is behind: stop reading until it catches up
+        // (TCP back-pressure instead of an unbounded queue).
+        while ctx.store_blocked.get() {
+            let ready = ctx.store_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if !ctx.store_blocked.get() {
+                break;
+            }
+            tokio::select! {
+                _ = ready => {}
+                _ = conn.kill.wait() => return End::Killed,
+            }
+        }
         // Our own replies are piling up: stop reading until they drain.
         while conn.out.borrow().bytes() > conn.max_backpressure {
             conn.drained.wait().await;

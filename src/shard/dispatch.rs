@@ -343,18 +343,246 @@ impl ShardCtx {
             }
         }
         let ts = now_iso();
-        conn.send_text(
-            Obj::typed("data_response")
-                .bool("success", true)
-                .str("timestamp", &ts)
-                .finish(),
-        );
+        let table = match str_field(v, "table") {
+            None => cfg.db_table_name.as_str(),
+            Some(t) if t == cfg.db_table_name || cfg.allowed_tables.iter().any(|a| a == t) => t,
+            Some(t) => {
+                return conn.send_text(
+                    Obj::typed("data_response")
+                        .bool("success", false)
+                        .str("message", &format!("Table not allowed: {t}"))
+                        .str("timestamp", &ts)
+                        .finish(),
+                )
+            }
+        };
+        match &self.shared.store {
+            Some(store) => {
+                let message_id = v.get("messageId").and_then(id_string);
+                let device = conn.client.borrow().device_id.clone();
+                let body = self.record_body(
+                    conn,
+                    data_type,
+                    &ts,
+                    data,
+                    device.as_deref(),
+                    message_id.as_deref(),
+                );
+                let ticket = self.next_call_id();
+                let task = crate::store::WriteTask {
+                    shard: self.id,
+                    ticket,
+                    table: table.to_owned(),
+                    body,
+                    dedup: message_id
+                        .map(|m| (device.unwrap_or_else(|| conn.client_id.clone()), m)),
+                };
+                self.pending_store.borrow_mut().insert(
+                    ticket,
+                    super::PendingStore {
+                        key: conn.key,
+                        table: table.to_owned(),
+                        timestamp: ts.clone(),
+                    },
+                );
+                self.queue_store(store, task);
+            }
+            None => conn.send_text(
+                Obj::typed("data_response")
+                    .bool("success", true)
+                    .str("timestamp", &ts)
+                    .finish(),
+            ),
+        }
         self.shared.events.emit(|| Event::DataReceived {
             client_id: conn.client_id.clone(),
             client_type: conn.client.borrow().client_type.clone(),
             data_type: data_type.to_owned(),
             data: to_serde(data),
             timestamp: ts.clone(),
+        });
+    }
+
+    /// The stored form of a record, without `insertId` (the writer adds it).
+    /// Encrypted fields are sealed here, on the shard, so encryption runs
+    /// in parallel across shards and plaintext never reaches the writer.
+    fn record_body(
+        &self,
+        conn: &Rc<Conn>,
+        data_type: &str,
+        ts: &str,
+        data: &Value,
+        device: Option<&str>,
+        message_id: Option<&str>,
+    ) -> Vec<u8> {
+        let cfg = &self.shared.config;
+        let data_json = match &self.shared.field_key {
+            Some(k) if !cfg.fields_to_encrypt.is_empty() => {
+                let mut d = to_serde(data);
+                k.encrypt_fields(&mut d, &cfg.fields_to_encrypt);
+                serde_json::to_vec(&d).expect("value serialises")
+            }
+            _ => raw(data),
+        };
+        let client_type = conn.client.borrow().client_type.clone();
+        let mut o = Obj::new().str("clientId", &conn.client_id);
+        o = match client_type.as_deref() {
+            Some(t) => o.str("clientType", t),
+            None => o.raw("clientType", b"null"),
+        };
+        o.str("dataType", data_type)
+            .str("timestamp", ts)
+            .opt_str("deviceId", device)
+            .opt_str("messageId", message_id)
+            .raw("data", &data_json)
+            .finish_vec()
+    }
+
+    /// Hand a record to the writer, or park it (and pause reading) if the
+    /// writer's queue is full.
+    fn queue_store(&self, store: &crate::store::StoreHandle, task: crate::store::WriteTask) {
+        if self.store_blocked.get() {
+            self.store_backlog.borrow_mut().push_back(task);
+            return;
+        }
+        if let Err(task) = store.try_send(task) {
+            // Ask for a wake-up first, then retry once: if the retry fails
+            // the queue is full, so the writer has a batch to do and will
+            // see the request after it.
+            store.mark_blocked(self.id);
+            if let Err(task) = store.try_send(task) {
+                self.store_backlog.borrow_mut().push_back(task);
+                self.store_blocked.set(true);
+            }
+        }
+    }
+
+    /// The writer stored (or failed) records from this shard: answer them.
+    pub(crate) fn on_store_done(&self, done: Vec<crate::store::Completion>) {
+        for c in done {
+            let pending = self.pending_store.borrow_mut().remove(&c.ticket);
+            let Some(p) = pending else {
+                continue;
+            };
+            let conn = self.conn(p.key);
+            let client_id = || {
+                conn.as_ref()
+                    .map(|c| c.client_id.clone())
+                    .unwrap_or_default()
+            };
+            match c.result {
+                Ok(ack) => {
+                    if let Some(conn) = &conn {
+                        let mut o = Obj::typed("data_response")
+                            .bool("success", true)
+                            .str("timestamp", &p.timestamp)
+                            .u64("insertId", ack.insert_id);
+                        if ack.duplicate {
+                            o = o.bool("duplicate", true);
+                        }
+                        conn.send_text(o.finish());
+                    }
+                    if !ack.duplicate {
+                        self.shared.events.emit(|| Event::DatabaseInsert {
+                            client_id: client_id(),
+                            table: p.table.clone(),
+                            insert_id: ack.insert_id,
+                        });
+                    }
+                }
+                Err(message) => {
+                    if let Some(conn) = &conn {
+                        conn.send_text(
+                            Obj::typed("data_response")
+                                .bool("success", false)
+                                .str("message", &message)
+                                .str("timestamp", &p.timestamp)
+                                .finish(),
+                        );
+                    }
+                    self.shared.events.emit(|| Event::DatabaseError {
+                        client_id: client_id(),
+                        table: p.table.clone(),
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+        // Room in the writer's queue again: move parked records over.
+        if self.store_blocked.get() {
+            if let Some(store) = &self.shared.store {
+                let mut backlog = self.store_backlog.borrow_mut();
+                while let Some(t) = backlog.pop_front() {
+                    if let Err(t) = store.try_send(t) {
+                        backlog.push_front(t);
+                        break;
+                    }
+                }
+                if backlog.is_empty() {
+                    self.store_blocked.set(false);
+                    self.store_ready.notify_waiters();
+                } else {
+                    store.mark_blocked(self.id);
+                    // Same retry as in queue_store: close the race with a
+                    // writer that just went idle.
+                    if let Some(t) = backlog.pop_front() {
+                        if let Err(t) = store.try_send(t) {
+                            backlog.push_front(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `store.query` for service clients: a range read off the shard thread.
+    fn store_query(&self, conn: &Rc<Conn>, request_id: String, data: Option<&Value>) {
+        let Some(store) = self.shared.store.clone() else {
+            return send_result(
+                conn,
+                "response",
+                &request_id,
+                false,
+                &json_string("Persistence is off"),
+            );
+        };
+        let d = data.map(to_serde).unwrap_or(serde_json::Value::Null);
+        let scan = crate::store::Scan {
+            table: d["table"]
+                .as_str()
+                .unwrap_or(&self.shared.config.db_table_name)
+                .to_owned(),
+            from: d["from"].as_u64(),
+            since: d["since"].as_str().map(str::to_owned),
+            until: d["until"].as_str().map(str::to_owned),
+            limit: Some(d["limit"].as_u64().unwrap_or(100).min(10_000) as usize),
+        };
+        let key = self.shared.field_key.clone();
+        let conn = conn.clone();
+        tokio::task::spawn_local(async move {
+            let r =
+                tokio::task::spawn_blocking(move || store.store.scan(&scan, key.as_ref())).await;
+            match r {
+                Ok(Ok(records)) => {
+                    let body = serde_json::to_vec(&serde_json::json!({ "records": records }))
+                        .expect("serialises");
+                    send_result(&conn, "response", &request_id, true, &body);
+                }
+                Ok(Err(e)) => send_result(
+                    &conn,
+                    "response",
+                    &request_id,
+                    false,
+                    &json_string(&e.to_string()),
+                ),
+                Err(_) => send_result(
+                    &conn,
+                    "response",
+                    &request_id,
+                    false,
+                    &json_string("query failed"),
+                ),
+            }
         });
     }
 
@@ -399,6 +627,11 @@ impl ShardCtx {
                         send_result(&conn, "response", &request_id, true, &body);
                     });
                     return;
+                }
+                "store.query" if is_service => return self.store_query(conn, request_id, data),
+                "store.query" => {
+                    let err = json_string("store.query is for service clients");
+                    return send_result(conn, reply_ty, &request_id, false, &err);
                 }
                 "server.status" => {
                     let err = json_string("server.status is for service clients");

@@ -106,6 +106,16 @@ pub(crate) enum ShardMsg {
     },
     /// Report this shard's connections.
     Status(tokio::sync::oneshot::Sender<ShardStatus>),
+    /// The store writer finished records sent from this shard.
+    StoreDone(Vec<crate::store::Completion>),
+}
+
+/// A record handed to the store writer, waiting for its insertId.
+#[derive(Debug)]
+pub(crate) struct PendingStore {
+    pub(crate) key: u64,
+    pub(crate) table: String,
+    pub(crate) timestamp: String,
 }
 
 /// The answer to a routed call.
@@ -211,6 +221,13 @@ pub(crate) struct ShardCtx {
     /// Requests sent to local clients, waiting for their answer.
     pub(crate) served: RefCell<HashMap<String, Served>>,
     next_call: Cell<u64>,
+    /// Records sent to the writer, by ticket.
+    pub(crate) pending_store: RefCell<HashMap<u64, PendingStore>>,
+    /// Records the writer's full queue did not take yet.
+    pub(crate) store_backlog: RefCell<std::collections::VecDeque<crate::store::WriteTask>>,
+    /// Set while `store_backlog` is non-empty: readers pause.
+    pub(crate) store_blocked: Cell<bool>,
+    pub(crate) store_ready: tokio::sync::Notify,
 }
 
 impl ShardCtx {
@@ -372,6 +389,7 @@ impl ShardCtx {
             ShardMsg::Status(tx) => {
                 let _ = tx.send(self.status());
             }
+            ShardMsg::StoreDone(done) => self.on_store_done(done),
         }
     }
 }
@@ -498,6 +516,10 @@ async fn run<L: Listener>(
         calls: RefCell::new(HashMap::new()),
         served: RefCell::new(HashMap::new()),
         next_call: Cell::new(0),
+        pending_store: RefCell::new(HashMap::new()),
+        store_backlog: RefCell::new(std::collections::VecDeque::new()),
+        store_blocked: Cell::new(false),
+        store_ready: tokio::sync::Notify::new(),
     });
     let mailbox_task = {
         let ctx = ctx.clone();

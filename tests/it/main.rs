@@ -3,6 +3,7 @@
 //! body run once per I/O driver (io_uring and epoll).
 
 mod client;
+mod crash;
 mod util;
 
 mod cli;
@@ -12,3 +13,4 @@ mod handshake;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod store;

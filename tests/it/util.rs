@@ -28,6 +28,7 @@ pub fn test_config(driver: IoDriver) -> Config {
         shards: 2,
         io_driver: driver,
         echo: true,
+        persist: false,
         enable_heartbeat: false,
         drain_timeout: Duration::from_secs(3),
         ..Config::default()

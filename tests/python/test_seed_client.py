@@ -179,6 +179,7 @@ def start_server(tmp_path):
     proc = subprocess.Popen(
         [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--shards", "2",
          "--set", "enable_authentication=true", "--set", "required_fields=temperature",
+         "--set", f"data_dir={tmp_path / 'data'}",
          "--log-level", "warn"],
         stdout=subprocess.PIPE, env=env, text=True,
     )
@@ -220,7 +221,7 @@ async def flow(uri, tmp_path):
     assert (await client.subscribe("system_alerts"))["success"]
 
     ok = await client.send_data({"temperature": 21.5, "processed_records": 150, "status": "healthy"})
-    assert ok["success"] is True and "timestamp" in ok
+    assert ok["success"] is True and "timestamp" in ok and ok["insertId"] >= 1
     bad = await client.send_data({"status": "no temperature"})
     assert bad["success"] is False and bad["missingFields"] == ["temperature"]
 

@@ -2,10 +2,14 @@
 //! input is split across reads and whether deflate was negotiated.
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../../../src/ws/mod.rs"]
+mod ws;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use wshandler::ws::deflate::{Deflate, DeflateParams};
-use wshandler::ws::{Limits, OutQueue, Session};
+use ws::deflate::{Deflate, DeflateParams};
+use ws::{Limits, OutQueue, Session};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, data)) = data.split_first() else { return };

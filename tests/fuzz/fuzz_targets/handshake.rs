@@ -1,9 +1,13 @@
 //! The upgrade request parser and decision on arbitrary bytes.
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../../../src/ws/mod.rs"]
+mod ws;
+
 use libfuzzer_sys::fuzz_target;
-use wshandler::ws::deflate;
-use wshandler::ws::handshake::{parse_request, Decision};
+use ws::deflate;
+use ws::handshake::{parse_request, Decision};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((req, n))) = parse_request(data) {

@@ -1,0 +1,75 @@
+//! wshandler-loadtest: simulate a fleet against any server that speaks the
+//! WebSocketHandler protocol, and report throughput, latency percentiles,
+//! errors, and lost or reordered messages.
+//!
+//! # Layout
+//! - [`wsconn`]: a minimal client connection (masked frames built in one
+//!   reusable buffer, replies parsed in place).
+//! - [`stats`]: per-thread counters and hdrhistogram latencies.
+//! - [`runner`]: worker threads (one current-thread runtime each), the
+//!   once-a-tick fold into a [`report::Report`], progress, time bounds.
+//! - [`scenario`]: ingest, fanout, rpc, connect and mixed.
+//! - [`report`]: the final report as text, JSON and a self-contained HTML page.
+
+/// wshandler's sans-IO WebSocket core (frame parser, masking), compiled in
+/// from `../src/ws` so the load generator does not build the server.
+#[allow(dead_code, missing_docs)]
+#[path = "../../src/ws/mod.rs"]
+pub mod ws;
+
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod stats;
+pub mod wsconn;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Server address (loopback only).
+    pub addr: SocketAddr,
+    /// Source addresses to spread connections over (past the ephemeral
+    /// port limit of one address).
+    pub src_ips: Vec<IpAddr>,
+    /// Auth token, if the server requires one.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// Refuse anything but loopback.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.addr.ip().is_loopback(),
+            "only loopback targets are allowed, not {}",
+            self.addr
+        );
+        for ip in &self.src_ips {
+            anyhow::ensure!(
+                ip.is_loopback(),
+                "source addresses must be loopback, not {ip}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The source address for connection number `i`.
+    pub fn src(&self, i: usize) -> Option<IpAddr> {
+        (!self.src_ips.is_empty()).then(|| self.src_ips[i % self.src_ips.len()])
+    }
+}
+
+/// Bounds every scenario obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long to send.
+    pub duration: Duration,
+    /// Stop sending after this many messages in total (0: no limit).
+    pub max_messages: u64,
+    /// After sending stops, how long to wait for replies still in flight.
+    pub drain: Duration,
+    /// Worker threads.
+    pub threads: usize,
+}

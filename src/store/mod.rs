@@ -1,0 +1,225 @@
+//! Persistence on RocksDB: one writer thread with group commit, tables as
+//! column families, field encryption, de-duplication, retention, read-back.
+//!
+//! Shards never touch the database on the ingest path. They build a record
+//! (JSON, encrypted fields sealed) and hand it to the writer thread over a
+//! bounded crossbeam channel ([`StoreHandle::try_send`]). The writer drains
+//! what is queued, assigns insertIds, writes one `WriteBatch` (synced per the
+//! durability mode) and only then reports every record's insertId back to
+//! its shard, which sends `data_response` — an acknowledged record is on
+//! disk. See `docs/storage.md`.
+
+pub mod crypto;
+pub mod keys;
+mod read;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::{Deserialize, Serialize};
+
+pub use read::{Scan, TableStats};
+pub(crate) use writer::{Completion, WriteMsg, WriteTask};
+
+use self::crypto::FieldKey;
+
+/// How durable an acknowledged record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL fsynced before the ack: survives process crash and power loss.
+    #[default]
+    Sync,
+    /// WAL written (page cache) before the ack: survives a process crash,
+    /// not a power loss.
+    Wal,
+    /// No WAL: records live in the memtable until a flush; a crash loses
+    /// them. For throwaway data.
+    None,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error.
+    #[error("database error: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// The table does not exist.
+    #[error("unknown table `{0}`")]
+    UnknownTable(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record {id} in table {table}: {message}")]
+    Corrupt {
+        /// Table.
+        table: String,
+        /// insertId.
+        id: u64,
+        /// Why.
+        message: String,
+    },
+    /// Decryption failed.
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    /// Bad query arguments.
+    #[error("{0}")]
+    Query(String),
+}
+
+/// Options for opening the store (from the server config).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Tables (column families) to have: the default table first.
+    pub tables: Vec<String>,
+    /// Durability of an acknowledgement.
+    pub durability: Durability,
+    /// Most records per write batch.
+    pub batch_max: usize,
+    /// Most bytes per write batch.
+    pub batch_bytes: usize,
+    /// Capacity of the shards → writer channel, in records.
+    pub queue: usize,
+    /// How long (deviceId, messageId) pairs are remembered.
+    pub dedup_window: Duration,
+    /// Delete records older than this, per table (`None`: keep forever).
+    pub retention: Vec<(String, Option<Duration>)>,
+    /// RocksDB memtable size per column family, bytes.
+    pub write_buffer_size: usize,
+}
+
+/// An open database (primary, read-only or secondary).
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    tables: Vec<String>,
+}
+
+fn cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+impl Store {
+    /// Open (creating if needed) the primary database with every table.
+    pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| StoreError::Query(format!("cannot create {}: {e}", cfg.dir.display())))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_write_buffer_size(cfg.write_buffer_size);
+        opts.set_max_background_jobs(2);
+        let mut names: Vec<String> = match DB::list_cf(&opts, &cfg.dir) {
+            Ok(existing) => existing,
+            Err(_) => vec!["default".into()],
+        };
+        for t in cfg
+            .tables
+            .iter()
+            .map(String::as_str)
+            .chain([keys::META_CF, keys::DEDUP_CF])
+        {
+            if !names.iter().any(|n| n == t) {
+                names.push(t.to_owned());
+            }
+        }
+        let cfs = names.iter().map(|n| {
+            let mut o = cf_options();
+            o.set_write_buffer_size(cfg.write_buffer_size);
+            ColumnFamilyDescriptor::new(n, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, &cfg.dir, cfs)?;
+        Ok(Store {
+            db: Arc::new(db),
+            tables: table_names(&names),
+        })
+    }
+
+    /// Open a secondary instance that follows a primary another process
+    /// (the server) has open; for `wshandler query` and `stats`.
+    pub fn open_secondary(dir: &Path) -> Result<Store, StoreError> {
+        let opts = Options::default();
+        let names = DB::list_cf(&opts, dir)?;
+        let secondary =
+            std::env::temp_dir().join(format!("wshandler-secondary-{}", std::process::id()));
+        let mut o = Options::default();
+        o.set_max_open_files(-1);
+        let db = DB::open_cf_as_secondary(&o, dir, &secondary, &names)?;
+        db.try_catch_up_with_primary()?;
+        Ok(Store {
+            db: Arc::new(db),
+            tables: table_names(&names),
+        })
+    }
+
+    /// The tables (column families holding records).
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    pub(crate) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// Decode a stored record, decrypting with `key` if given.
+    pub fn decode(
+        table: &str,
+        id: u64,
+        raw: &[u8],
+        key: Option<&FieldKey>,
+    ) -> Result<serde_json::Value, StoreError> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+                table: table.to_owned(),
+                id,
+                message: e.to_string(),
+            })?;
+        if let (Some(k), Some(data)) = (key, v.get_mut("data")) {
+            k.decrypt_all(data)?;
+        }
+        Ok(v)
+    }
+}
+
+fn table_names(cfs: &[String]) -> Vec<String> {
+    cfs.iter()
+        .filter(|n| !matches!(n.as_str(), "default" | keys::META_CF | keys::DEDUP_CF))
+        .cloned()
+        .collect()
+}
+
+/// The shards' side of the writer: a bounded channel.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreHandle {
+    pub(crate) tx: crossbeam_channel::Sender<WriteMsg>,
+    pub(crate) store: Store,
+    /// Shards (bit `shard % 64`) with records parked because the queue was
+    /// full; the writer wakes them after its next batch.
+    pub(crate) blocked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StoreHandle {
+    /// Ask the writer to wake `shard` after its next batch.
+    pub(crate) fn mark_blocked(&self, shard: usize) {
+        self.blocked
+            .fetch_or(1 << (shard % 64), std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Queue a record; gives it back if the queue is full.
+    pub(crate) fn try_send(&self, t: WriteTask) -> Result<(), WriteTask> {
+        match self.tx.try_send(WriteMsg::Write(t)) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(WriteMsg::Write(t)))
+            | Err(crossbeam_channel::TrySendError::Disconnected(WriteMsg::Write(t))) => Err(t),
+            Err(_) => unreachable!("only writes are sent here"),
+        }
+    }
+}
+
+pub(crate) use writer::spawn_writer;

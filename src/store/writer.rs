@@ -1,0 +1,398 @@
+//! The writer thread: group commit.
+//!
+//! It blocks for the first record, drains whatever else is queued (up to
+//! `batch_max` records or `batch_bytes`), assigns insertIds, writes one
+//! `WriteBatch` with the durability mode's options and then completes every
+//! record: each shard gets one message with its records' results. Between
+//! batches it enforces retention and expires old de-duplication entries.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use tracing::{debug, error, info, warn};
+
+use super::keys;
+use super::{Durability, Store, StoreConfig};
+use crate::shard::{Mailbox, ShardMsg};
+
+/// A record for the writer.
+#[derive(Debug)]
+pub(crate) struct WriteTask {
+    pub(crate) shard: usize,
+    pub(crate) ticket: u64,
+    pub(crate) table: String,
+    /// The record as a JSON object without `insertId` (the writer adds it).
+    pub(crate) body: Vec<u8>,
+    /// (deviceId, messageId) for effectively-once ingest.
+    pub(crate) dedup: Option<(String, String)>,
+}
+
+/// A message to the writer.
+#[derive(Debug)]
+pub(crate) enum WriteMsg {
+    /// Store a record.
+    Write(WriteTask),
+    /// Finish what is queued and exit.
+    Shutdown,
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoreAck {
+    pub(crate) insert_id: u64,
+    /// An earlier message with the same (deviceId, messageId) was stored.
+    pub(crate) duplicate: bool,
+}
+
+/// One record's outcome, sent back to its shard.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) ticket: u64,
+    pub(crate) result: Result<StoreAck, String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn splice_id(body: &[u8], id: u64) -> Vec<u8> {
+    // body is `{...}`; the stored record is `{"insertId":N,...}`.
+    let mut v = Vec::with_capacity(body.len() + 24);
+    v.extend_from_slice(b"{\"insertId\":");
+    v.extend_from_slice(id.to_string().as_bytes());
+    if body.len() > 2 {
+        v.push(b',');
+    }
+    v.extend_from_slice(&body[1..]);
+    v
+}
+
+struct Writer {
+    blocked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    store: Store,
+    cfg: StoreConfig,
+    counters: HashMap<String, u64>,
+    mailboxes: Vec<Mailbox>,
+    wopts: WriteOptions,
+}
+
+/// Start the writer thread.
+pub(crate) fn spawn_writer(
+    store: Store,
+    cfg: StoreConfig,
+    rx: Receiver<WriteMsg>,
+    mailboxes: Vec<Mailbox>,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<std::thread::JoinHandle<()>, super::StoreError> {
+    let db = store.db().clone();
+    let mut counters = HashMap::new();
+    for t in store.tables() {
+        counters.insert(t.clone(), last_id(&db, t)?);
+    }
+    let mut wopts = WriteOptions::default();
+    match cfg.durability {
+        Durability::Sync => wopts.set_sync(true),
+        Durability::Wal => wopts.set_sync(false),
+        Durability::None => wopts.disable_wal(true),
+    }
+    let w = Writer {
+        blocked,
+        store,
+        cfg,
+        counters,
+        mailboxes,
+        wopts,
+    };
+    std::thread::Builder::new()
+        .name("wsh-store-writer".into())
+        .spawn(move || w.run(rx))
+        .map_err(|e| super::StoreError::Query(format!("cannot start the writer thread: {e}")))
+}
+
+/// The last insertId issued for a table: the counter in `meta`, or the last
+/// key if that is larger (a store written before counters existed).
+fn last_id(db: &DB, table: &str) -> Result<u64, super::StoreError> {
+    let meta = db.cf_handle(keys::META_CF).expect("meta cf");
+    let counter = db
+        .get_cf(meta, keys::seq_key(table))?
+        .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    let cf = db
+        .cf_handle(table)
+        .ok_or_else(|| super::StoreError::UnknownTable(table.into()))?;
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek_to_last();
+    let last = it.key().and_then(keys::parse_record_key).unwrap_or(0);
+    Ok(counter.max(last))
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<WriteMsg>) {
+        let every = self.maintenance_interval();
+        let mut next_maintenance = Instant::now() + every;
+        let mut shutdown = false;
+        while !shutdown {
+            let first =
+                match rx.recv_timeout(next_maintenance.saturating_duration_since(Instant::now())) {
+                    Ok(WriteMsg::Write(t)) => t,
+                    Ok(WriteMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.maintenance();
+                        next_maintenance = Instant::now() + every;
+                        continue;
+                    }
+                };
+            let mut bytes = first.body.len();
+            let mut batch = vec![first];
+            while batch.len() < self.cfg.batch_max && bytes < self.cfg.batch_bytes {
+                match rx.try_recv() {
+                    Ok(WriteMsg::Write(t)) => {
+                        bytes += t.body.len();
+                        batch.push(t);
+                    }
+                    Ok(WriteMsg::Shutdown) => {
+                        shutdown = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if Instant::now() >= next_maintenance {
+                self.maintenance();
+                next_maintenance = Instant::now() + every;
+            }
+        }
+        // Shutting down: whatever is still queued is written before exit.
+        let rest: Vec<WriteTask> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                WriteMsg::Write(t) => Some(t),
+                WriteMsg::Shutdown => None,
+            })
+            .collect();
+        if !rest.is_empty() {
+            self.commit(rest);
+        }
+        if let Err(e) = self.store.db().flush_wal(true) {
+            warn!(error = %e, "flushing the WAL at shutdown failed");
+        }
+        info!("store writer stopped");
+    }
+
+    fn maintenance_interval(&self) -> Duration {
+        let shortest = self
+            .cfg
+            .retention
+            .iter()
+            .filter_map(|(_, r)| *r)
+            .min()
+            .unwrap_or(Duration::from_secs(600));
+        (shortest.min(self.cfg.dedup_window) / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    fn commit(&mut self, batch: Vec<WriteTask>) {
+        let db = self.store.db().clone();
+        let before = self.counters.clone();
+        let mut wb = WriteBatch::default();
+        let mut results: Vec<(usize, u64, Result<StoreAck, String>)> =
+            Vec::with_capacity(batch.len());
+        let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut touched: Vec<String> = Vec::new();
+        let dedup_cf = db.cf_handle(keys::DEDUP_CF).expect("dedup cf");
+        let now = now_ms();
+        for t in &batch {
+            let Some(cf) = db.cf_handle(&t.table) else {
+                results.push((
+                    t.shard,
+                    t.ticket,
+                    Err(format!("unknown table `{}`", t.table)),
+                ));
+                continue;
+            };
+            let dkey = t.dedup.as_ref().map(|(d, m)| keys::dedup_key(d, m));
+            if let Some(k) = &dkey {
+                let earlier = match seen.get(k) {
+                    Some(id) => Some(*id),
+                    None => match db.get_cf(dedup_cf, k) {
+                        Ok(Some(v)) => keys::parse_dedup_value(&v)
+                            .filter(|(table, _, exp)| *exp > now && *table == t.table)
+                            .map(|(_, id, _)| id),
+                        Ok(None) => None,
+                        Err(e) => {
+                            results.push((t.shard, t.ticket, Err(format!("database error: {e}"))));
+                            continue;
+                        }
+                    },
+                };
+                if let Some(id) = earlier {
+                    results.push((
+                        t.shard,
+                        t.ticket,
+                        Ok(StoreAck {
+                            insert_id: id,
+                            duplicate: true,
+                        }),
+                    ));
+                    continue;
+                }
+            }
+            let c = self.counters.entry(t.table.clone()).or_insert(0);
+            *c += 1;
+            let id = *c;
+            wb.put_cf(cf, keys::record_key(id), splice_id(&t.body, id));
+            if let Some(k) = dkey {
+                let exp = now + self.cfg.dedup_window.as_millis() as u64;
+                wb.put_cf(dedup_cf, &k, keys::dedup_value(&t.table, id, exp));
+                seen.insert(k, id);
+            }
+            if !touched.contains(&t.table) {
+                touched.push(t.table.clone());
+            }
+            results.push((
+                t.shard,
+                t.ticket,
+                Ok(StoreAck {
+                    insert_id: id,
+                    duplicate: false,
+                }),
+            ));
+        }
+        let meta = db.cf_handle(keys::META_CF).expect("meta cf");
+        for t in &touched {
+            wb.put_cf(meta, keys::seq_key(t), self.counters[t].to_be_bytes());
+        }
+        if !wb.is_empty() {
+            if let Err(e) = db.write_opt(wb, &self.wopts) {
+                error!(error = %e, records = batch.len(), "write batch failed");
+                self.counters = before;
+                let msg = format!("database error: {e}");
+                for r in results.iter_mut() {
+                    // Duplicates refer to records stored earlier: still valid.
+                    if matches!(
+                        r.2,
+                        Ok(StoreAck {
+                            duplicate: false,
+                            ..
+                        })
+                    ) {
+                        r.2 = Err(msg.clone());
+                    }
+                }
+            }
+        }
+        debug!(records = batch.len(), "batch committed");
+        let mut per_shard: Vec<Vec<Completion>> =
+            (0..self.mailboxes.len()).map(|_| Vec::new()).collect();
+        for (shard, ticket, result) in results {
+            if let Some(v) = per_shard.get_mut(shard) {
+                v.push(Completion { ticket, result });
+            }
+        }
+        // Shards that parked records because the queue was full get a
+        // message even if none of their records were in this batch.
+        let blocked = self.blocked.swap(0, std::sync::atomic::Ordering::AcqRel);
+        for (shard, done) in per_shard.into_iter().enumerate() {
+            if !done.is_empty() || blocked & (1 << (shard % 64)) != 0 {
+                self.mailboxes[shard].send(ShardMsg::StoreDone(done));
+            }
+        }
+    }
+
+    /// Retention (range delete of records older than the table's limit) and
+    /// expiry of old de-duplication entries.
+    fn maintenance(&mut self) {
+        let db = self.store.db().clone();
+        let now = SystemTime::now();
+        for (table, keep) in &self.cfg.retention {
+            let Some(keep) = keep else { continue };
+            let Some(cf) = db.cf_handle(table) else {
+                continue;
+            };
+            let cutoff = humantime::format_rfc3339_millis(now - *keep).to_string();
+            // Records are in insertId order, which follows time: find the
+            // first one young enough and delete everything before it.
+            let mut it = db.raw_iterator_cf(cf);
+            it.seek_to_first();
+            let Some(first) = it.key().and_then(keys::parse_record_key) else {
+                continue;
+            };
+            let last = self.counters.get(table).copied().unwrap_or(0);
+            let (mut lo, mut hi) = (first, last + 1);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                it.seek(keys::record_key(mid));
+                let old = match (it.key().and_then(keys::parse_record_key), it.value()) {
+                    (Some(_), Some(v)) => {
+                        record_timestamp(v).is_some_and(|ts| ts < cutoff.as_str())
+                    }
+                    _ => false,
+                };
+                if old {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo > first {
+                match db.delete_range_cf(cf, keys::record_key(first), keys::record_key(lo)) {
+                    Ok(()) => debug!(table, deleted_below = lo, "retention"),
+                    Err(e) => warn!(table, error = %e, "retention delete failed"),
+                }
+            }
+        }
+        let dedup = db.cf_handle(keys::DEDUP_CF).expect("dedup cf");
+        let now = now_ms();
+        let mut wb = WriteBatch::default();
+        let mut it = db.raw_iterator_cf(dedup);
+        it.seek_to_first();
+        let mut scanned = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if keys::parse_dedup_value(v).is_none_or(|(_, _, exp)| exp <= now) {
+                wb.delete_cf(dedup, k);
+            }
+            scanned += 1;
+            if scanned >= 100_000 {
+                break;
+            }
+            it.next();
+        }
+        if !wb.is_empty() {
+            let _ = db.write_opt(wb, &self.wopts);
+        }
+    }
+}
+
+/// The `timestamp` of a stored record, found without a full parse.
+fn record_timestamp(v: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(v).ok()?;
+    let i = s.find("\"timestamp\":\"")? + 13;
+    s.get(i..i + 24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_adds_the_id_first() {
+        assert_eq!(
+            splice_id(br#"{"a":1}"#, 7),
+            br#"{"insertId":7,"a":1}"#.to_vec()
+        );
+        assert_eq!(splice_id(b"{}", 7), br#"{"insertId":7}"#.to_vec());
+    }
+
+    #[test]
+    fn finds_timestamp() {
+        let r =
+            br#"{"insertId":1,"clientId":"x","timestamp":"2026-11-26T12:00:00.000Z","data":{}}"#;
+        assert_eq!(record_timestamp(r), Some("2026-11-26T12:00:00.000Z"));
+    }
+}

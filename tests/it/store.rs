@@ -1,0 +1,399 @@
+//! Persistence over real sockets and a real RocksDB in a temp dir.
+
+use std::time::Duration;
+
+use serde_json::json;
+use wshandler::store::{Scan, Store};
+
+use crate::both_drivers;
+use crate::client::*;
+use crate::util::*;
+
+fn store_config(driver: wshandler::IoDriver, dir: &std::path::Path) -> wshandler::Config {
+    let mut c = proto_config(driver);
+    c.persist = true;
+    c.data_dir = dir.to_path_buf();
+    c
+}
+
+fn scan_all(store: &Store, table: &str) -> Vec<serde_json::Value> {
+    store
+        .scan(
+            &Scan {
+                table: table.into(),
+                ..Scan::default()
+            },
+            None,
+        )
+        .unwrap()
+}
+
+async fn send_data(c: &mut Client, data: serde_json::Value) -> serde_json::Value {
+    c.call(json!({"type": "data", "dataType": "sensor", "data": data}))
+        .await
+}
+
+both_drivers!(records_are_stored_and_ids_survive_restarts, |driver| {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(store_config(driver, dir.path())).await;
+    let events = srv.server.subscribe_events();
+    let (mut a, mut b) = on_two_shards(srv.addr, "microcontroller").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        let r = send_data(c, json!({"seq": i, "temperature": 20 + i})).await;
+        assert_eq!(r["success"], true, "{r}");
+        ids.push(r["insertId"].as_u64().expect("insertId"));
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 20, "unique ids");
+    match wait_event(&events, |e| {
+        matches!(e, wshandler::Event::DatabaseInsert { .. })
+    })
+    .await
+    {
+        wshandler::Event::DatabaseInsert {
+            table, insert_id, ..
+        } => {
+            assert_eq!(table, "sensor_data");
+            assert!(ids.contains(&insert_id));
+        }
+        _ => unreachable!(),
+    }
+    // Read back through the running server's store.
+    let recs = scan_all(srv.server.store().unwrap(), "sensor_data");
+    assert_eq!(recs.len(), 20);
+    for r in &recs {
+        let seq = r["data"]["seq"].as_u64().unwrap() as usize;
+        assert_eq!(r["insertId"].as_u64().unwrap(), ids[seq]);
+        assert_eq!(r["dataType"], "sensor");
+        assert_eq!(r["clientType"], "microcontroller");
+        assert!(r["clientId"] == a.id.as_str() || r["clientId"] == b.id.as_str());
+        assert_eq!(r["timestamp"].as_str().unwrap().len(), 24);
+    }
+    let max = *sorted.last().unwrap();
+    drop((a, b));
+    srv.stop().await;
+    // Restart on the same directory: ids continue upwards.
+    let srv = TestServer::start(store_config(driver, dir.path())).await;
+    let mut c = Client::connect(srv.addr).await;
+    let r = send_data(&mut c, json!({"after": "restart"})).await;
+    assert!(r["insertId"].as_u64().unwrap() > max, "{r}");
+    assert_eq!(
+        scan_all(srv.server.store().unwrap(), "sensor_data").len(),
+        21
+    );
+    // Range reads: from is inclusive, limit bounds.
+    let q = Scan {
+        table: "sensor_data".into(),
+        from: Some(ids[5]),
+        limit: Some(3),
+        ..Scan::default()
+    };
+    let part = srv.server.store().unwrap().scan(&q, None).unwrap();
+    assert_eq!(part.len(), 3);
+    assert_eq!(
+        part[0]["insertId"].as_u64().unwrap(),
+        ids[5].min(part[0]["insertId"].as_u64().unwrap())
+    );
+    assert!(part
+        .iter()
+        .all(|r| r["insertId"].as_u64().unwrap() >= ids[5]));
+    srv.stop().await;
+});
+
+both_drivers!(
+    rejected_records_are_not_stored_and_tables_are_checked,
+    |driver| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = store_config(driver, dir.path());
+        cfg.required_fields = vec!["temperature".into()];
+        cfg.allowed_tables = vec!["audit_log".into()];
+        let srv = TestServer::start(cfg).await;
+        let mut c = Client::connect(srv.addr).await;
+        assert_eq!(
+            send_data(&mut c, json!({"humidity": 1})).await["success"],
+            false
+        );
+        assert_eq!(
+            send_data(&mut c, json!({"temperature": 1})).await["success"],
+            true
+        );
+        let r = c
+            .call(json!({"type": "data", "table": "audit_log", "data": {"temperature": 2}}))
+            .await;
+        assert_eq!(
+            (r["success"].clone(), r["insertId"].clone()),
+            (json!(true), json!(1))
+        );
+        let r = c
+            .call(json!({"type": "data", "table": "secrets", "data": {"temperature": 3}}))
+            .await;
+        assert_eq!(r["success"], false);
+        assert!(r["message"].as_str().unwrap().contains("secrets"));
+        let store = srv.server.store().unwrap();
+        assert_eq!(scan_all(store, "sensor_data").len(), 1);
+        assert_eq!(scan_all(store, "audit_log").len(), 1);
+        srv.stop().await;
+    }
+);
+
+both_drivers!(encrypted_fields_are_ciphertext_on_disk, |driver| {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("field.key");
+    std::fs::write(
+        &key_file,
+        base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
+    )
+    .unwrap();
+    let data_dir = dir.path().join("data");
+    let mut cfg = store_config(driver, &data_dir);
+    cfg.fields_to_encrypt = vec!["user_data".into(), "location.lat".into()];
+    cfg.encryption_key_file = Some(key_file.clone());
+    let srv = TestServer::start(cfg.clone()).await;
+    let events = srv.server.subscribe_events();
+    let mut sub = Client::connect(srv.addr).await;
+    let mut c = Client::connect(srv.addr).await;
+    let secret = json!({"user_data": {"name": "Ada Lovelace"}, "location": {"lat": 51.5072, "lon": -0.1276}, "t": 1});
+    assert_eq!(send_data(&mut c, secret.clone()).await["success"], true);
+    // Events see plaintext.
+    match wait_event(&events, |e| {
+        matches!(e, wshandler::Event::DataReceived { .. })
+    })
+    .await
+    {
+        wshandler::Event::DataReceived { data, .. } => assert_eq!(data, secret),
+        _ => unreachable!(),
+    }
+    drop(sub.ws.close(None).await);
+    srv.stop().await;
+    // Raw column family: no plaintext, sealed values instead.
+    {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, &data_dir).unwrap();
+        let db = rocksdb::DB::open_cf_for_read_only(&opts, &data_dir, &cfs, false).unwrap();
+        let cf = db.cf_handle("sensor_data").unwrap();
+        let raw: Vec<Vec<u8>> = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap().1.to_vec())
+            .collect();
+        assert_eq!(raw.len(), 1);
+        let text = String::from_utf8(raw[0].clone()).unwrap();
+        assert!(!text.contains("Ada Lovelace"), "{text}");
+        assert!(!text.contains("51.5072"), "{text}");
+        assert!(text.contains("$encrypted"), "{text}");
+        assert!(
+            text.contains("-0.1276"),
+            "unlisted fields stay plain: {text}"
+        );
+    }
+    // Read back: with the key → plaintext; without → sealed; wrong key → clear error.
+    let store = Store::open_secondary(&data_dir).unwrap();
+    let q = Scan {
+        table: "sensor_data".into(),
+        ..Scan::default()
+    };
+    let key = wshandler::store::crypto::FieldKey::from_base64(
+        &std::fs::read_to_string(&key_file).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(store.scan(&q, Some(&key)).unwrap()[0]["data"], secret);
+    let sealed = store.scan(&q, None).unwrap();
+    assert!(sealed[0]["data"]["user_data"]["$encrypted"].is_string());
+    let wrong = wshandler::store::crypto::FieldKey::from_base64(
+        &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+    )
+    .unwrap();
+    let err = store.scan(&q, Some(&wrong)).unwrap_err();
+    assert!(err.to_string().contains("wrong encryption key"), "{err}");
+    // fields_to_encrypt without a key refuses to start.
+    let mut nokey = cfg;
+    nokey.encryption_key_file = None;
+    nokey.data_dir = dir.path().join("other");
+    let mut s = wshandler::WebSocketHandler::new(nokey);
+    let err = s.start().await.unwrap_err();
+    assert!(err.to_string().contains("fields_to_encrypt"), "{err}");
+});
+
+both_drivers!(retried_messages_are_stored_once_across_restarts, |driver| {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = json!({"type": "data", "dataType": "sensor", "messageId": "m-1", "data": {"t": 1}});
+    let first = {
+        let srv = TestServer::start(store_config(driver, dir.path())).await;
+        let mut c = Client::connect(srv.addr).await;
+        c.call(
+            json!({"type": "handshake", "clientType": "microcontroller", "deviceId": "esp32-7"}),
+        )
+        .await;
+        let r = c.call(msg.clone()).await;
+        assert_eq!(r["success"], true);
+        assert!(r.get("duplicate").is_none());
+        // A retry on the same connection is a duplicate too.
+        let again = c.call(msg.clone()).await;
+        assert_eq!(
+            (again["insertId"].clone(), again["duplicate"].clone()),
+            (r["insertId"].clone(), json!(true))
+        );
+        srv.stop().await;
+        r["insertId"].as_u64().unwrap()
+    };
+    let srv = TestServer::start(store_config(driver, dir.path())).await;
+    let mut c = Client::connect(srv.addr).await;
+    c.call(json!({"type": "handshake", "clientType": "microcontroller", "deviceId": "esp32-7"}))
+        .await;
+    let r = c.call(msg.clone()).await;
+    assert_eq!(r["success"], true);
+    assert_eq!(r["insertId"].as_u64().unwrap(), first);
+    assert_eq!(r["duplicate"], true);
+    // A different device with the same messageId is a different record.
+    let mut d = Client::connect(srv.addr).await;
+    d.call(json!({"type": "handshake", "clientType": "microcontroller", "deviceId": "esp32-8"}))
+        .await;
+    let r = d.call(msg).await;
+    assert!(r.get("duplicate").is_none());
+    assert_eq!(
+        scan_all(srv.server.store().unwrap(), "sensor_data").len(),
+        2
+    );
+    srv.stop().await;
+});
+
+both_drivers!(a_full_writer_queue_loses_nothing, |driver| {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = store_config(driver, dir.path());
+    cfg.store_queue = 2;
+    cfg.store_batch_max = 2;
+    let srv = TestServer::start(cfg).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Client::connect(srv.addr).await);
+    }
+    let n = 150;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(ci, mut c)| {
+            tokio::spawn(async move {
+                for i in 0..n {
+                    c.send(json!({"type": "data", "data": {"c": ci, "i": i}}))
+                        .await;
+                }
+                let mut ids = Vec::new();
+                for _ in 0..n {
+                    let r = c.recv_type("data_response").await;
+                    assert_eq!(r["success"], true, "{r}");
+                    ids.push(r["insertId"].as_u64().unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 4 * n);
+    assert_eq!(
+        scan_all(srv.server.store().unwrap(), "sensor_data").len(),
+        4 * n
+    );
+    srv.stop().await;
+});
+
+both_drivers!(store_query_endpoint_for_services, |driver| {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(store_config(driver, dir.path())).await;
+    let mut dev = Client::connect(srv.addr).await;
+    for i in 0..5 {
+        send_data(&mut dev, json!({"i": i})).await;
+    }
+    let mut svc = Client::with_type(srv.addr, "service").await;
+    let r = svc.call(json!({"type": "request", "requestId": "q", "endpoint": "store.query", "data": {"table": "sensor_data", "from": 2, "limit": 2}})).await;
+    assert_eq!(r["success"], true, "{r}");
+    let recs = r["data"]["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0]["insertId"], 2);
+    assert_eq!(recs[1]["data"]["i"], 2);
+    let r = dev
+        .call(json!({"type": "request", "requestId": "q", "endpoint": "store.query", "data": {}}))
+        .await;
+    assert_eq!(r["success"], false);
+    srv.stop().await;
+});
+
+both_drivers!(
+    write_errors_answer_false_and_the_server_survives,
+    |driver| {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut cfg = store_config(driver, &data_dir);
+        cfg.store_write_buffer_size = 64 * 1024; // flush often: a flush needs the directory
+        let srv = TestServer::start(cfg).await;
+        let events = srv.server.subscribe_events();
+        let mut c = Client::connect(srv.addr).await;
+        assert_eq!(send_data(&mut c, json!({"ok": 1})).await["success"], true);
+        std::fs::remove_dir_all(&data_dir).unwrap();
+        let big = "x".repeat(16 * 1024);
+        let mut failed = None;
+        for i in 0..2000 {
+            let r = send_data(&mut c, json!({"i": i, "pad": big})).await;
+            if r["success"] == false {
+                failed = Some(r);
+                break;
+            }
+        }
+        let r = failed.expect("a write failed after the data dir was removed");
+        assert!(
+            r["message"].as_str().unwrap().contains("database error"),
+            "{r}"
+        );
+        wait_event(&events, |e| {
+            matches!(e, wshandler::Event::DatabaseError { .. })
+        })
+        .await;
+        // The server is alive and answers other messages.
+        assert_eq!(
+            c.call(json!({"type": "heartbeat"})).await["type"],
+            "heartbeat_response"
+        );
+        let mut d = Client::connect(srv.addr).await;
+        assert_eq!(
+            d.call(json!({"type": "heartbeat"})).await["type"],
+            "heartbeat_response"
+        );
+        srv.stop().await;
+    }
+);
+
+both_drivers!(retention_deletes_old_records, |driver| {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = store_config(driver, dir.path());
+    cfg.retention = Duration::from_millis(1500);
+    let srv = TestServer::start(cfg).await;
+    let mut c = Client::connect(srv.addr).await;
+    for i in 0..10 {
+        send_data(&mut c, json!({"old": i})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    send_data(&mut c, json!({"new": 1})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let recs = scan_all(srv.server.store().unwrap(), "sensor_data");
+        if recs.len() == 1 {
+            assert_eq!(recs[0]["data"]["new"], 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old records not deleted: {}",
+            recs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.stop().await;
+});
