@@ -2,20 +2,9 @@
 //! configuration errors and a taken port reported clearly.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::util::*;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wshandler"));
-    // The binary refuses unknown WSH_* settings: start from none.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WSH_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
 
 #[tokio::test]
 async fn serve_echo_then_sigterm_exits_zero() {
@@ -51,8 +40,7 @@ async fn serve_echo_then_sigterm_exits_zero() {
             .unwrap();
         ws.send(Message::text("ping?")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping?"));
-        // SAFETY-free: libc::kill on our own child's PID.
-        assert_eq!(unsafe_kill(child.id(), libc::SIGTERM), 0);
+        assert_eq!(signal(child.id(), libc::SIGTERM), 0);
         // The open connection gets 1001 from the graceful stop.
         match ws.next().await {
             Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1001),
@@ -61,12 +49,6 @@ async fn serve_echo_then_sigterm_exits_zero() {
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "driver {driver}");
     }
-}
-
-#[allow(unsafe_code)]
-fn unsafe_kill(pid: u32, sig: i32) -> i32 {
-    // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
-    unsafe { libc::kill(pid as i32, sig) }
 }
 
 #[test]

@@ -4,23 +4,15 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
+
+use crate::util::{bin, signal};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wshandler"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WSH_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
 
 fn spawn_server(dir: &std::path::Path, durability: &str) -> (Child, String) {
     let mut child = bin()
@@ -60,14 +52,6 @@ fn spawn_server(dir: &std::path::Path, durability: &str) -> (Child, String) {
         .expect(&line)
         .to_owned();
     (child, addr)
-}
-
-#[allow(unsafe_code)]
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
 }
 
 /// A seed from the clock, printed so a failure can be replayed.
@@ -124,7 +108,7 @@ async fn crash_and_check(durability: &str) {
         }));
     }
     tokio::time::sleep(Duration::from_millis(random_ms(400, 1500))).await;
-    kill(child.id(), libc::SIGKILL);
+    signal(child.id(), libc::SIGKILL);
     child.wait().unwrap();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
@@ -170,7 +154,7 @@ async fn crash_and_check(durability: &str) {
         stored.len()
     );
     assert_eq!(lost, 0, "acknowledged records lost in {durability} mode");
-    kill(child.id(), libc::SIGTERM);
+    signal(child.id(), libc::SIGTERM);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 

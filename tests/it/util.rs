@@ -252,3 +252,22 @@ pub async fn wait_event(
     .await
     .unwrap()
 }
+
+/// The `wshandler` binary, with no `WSH_*` settings inherited (it refuses
+/// unknown ones, and the test environment must not leak into it).
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wshandler"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WSH_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Send `sig` to a child we started.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
+    unsafe { libc::kill(pid as i32, sig) }
+}
