@@ -1,9 +1,6 @@
 //! The `wshandler` binary: serve, SIGTERM → graceful stop with exit 0,
 //! configuration errors and a taken port reported clearly.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
 use crate::util::*;
 
 #[tokio::test]
@@ -11,30 +8,20 @@ async fn serve_echo_then_sigterm_exits_zero() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     for driver in ["uring", "epoll"] {
-        let mut child = bin()
-            .args([
-                "serve",
-                "--echo",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--shards",
-                "2",
-            ])
-            .args(["--io-driver", driver, "--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("wshandler listening on ")
-            .expect(&line)
-            .to_owned();
+        let (mut child, addr) = spawn_listening(
+            bin()
+                .args([
+                    "serve",
+                    "--echo",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--shards",
+                    "2",
+                ])
+                .args(["--io-driver", driver, "--log-level", "warn"]),
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
             .unwrap();

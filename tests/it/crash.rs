@@ -3,10 +3,9 @@
 //! record whose `data_response` arrived is there — in `sync` and `wal` mode.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 
-use crate::util::{bin, signal};
+use crate::util::{bin, signal, spawn_listening};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,43 +14,32 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 fn spawn_server(dir: &std::path::Path, durability: &str) -> (Child, String) {
-    let mut child = bin()
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "2",
-            "--log-level",
-            "error",
-        ])
-        .args([
-            "--set",
-            "persist=true",
-            "--set",
-            "max_connections=500",
-            "--set",
-            "enable_heartbeat=false",
-        ])
-        .arg("--set")
-        .arg(format!("data_dir={}", dir.display()))
-        .arg("--set")
-        .arg(format!("durability={durability}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("wshandler listening on ")
-        .expect(&line)
-        .to_owned();
-    (child, addr)
+    spawn_listening(
+        bin()
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--shards",
+                "2",
+                "--log-level",
+                "error",
+            ])
+            .args([
+                "--set",
+                "persist=true",
+                "--set",
+                "max_connections=500",
+                "--set",
+                "enable_heartbeat=false",
+            ])
+            .arg("--set")
+            .arg(format!("data_dir={}", dir.display()))
+            .arg("--set")
+            .arg(format!("durability={durability}")),
+    )
 }
 
 /// A seed from the clock, printed so a failure can be replayed.

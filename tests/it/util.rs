@@ -271,3 +271,20 @@ pub fn signal(pid: u32, sig: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions; pid is our child.
     unsafe { libc::kill(pid as i32, sig) }
 }
+
+/// Start `cmd` (a `wshandler serve`) and wait for its "listening on" line;
+/// the child and the address it printed.
+pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("wshandler listening on ")
+        .expect(&line)
+        .to_owned();
+    (child, addr)
+}
