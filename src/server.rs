@@ -73,6 +73,16 @@ pub enum ServerError {
     },
 }
 
+/// Run a blocking join off the async runtime (inline when there is none).
+async fn blocking(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => {
+            let _ = tokio::task::spawn_blocking(f).await;
+        }
+        Err(_) => f(),
+    }
+}
+
 /// Why an API call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -503,28 +513,17 @@ impl WebSocketHandler {
     /// Send a message to every open connection on every shard. The frame is
     /// encoded once and shared (connections with compression get their own).
     pub fn broadcast(&self, text: bool, payload: Bytes) {
-        self.broadcast_filtered(text, payload, None);
-    }
-
-    fn broadcast_filtered(&self, text: bool, payload: Bytes, filter: Option<&str>) {
-        let opcode = if text { OpCode::Text } else { OpCode::Binary };
-        let frame = frame::encode(opcode, false, &payload);
-        let filter: Option<Arc<str>> = filter.map(Into::into);
-        for s in &self.shards {
-            s.mailbox.send(ShardMsg::Broadcast {
-                text,
-                payload: payload.clone(),
-                frame: frame.clone(),
-                filter: filter.clone(),
-            });
+        if let Ok(h) = self.handle() {
+            h.broadcast(text, payload, None);
         }
     }
 
     /// The seed's `broadcastToAll(message, clientTypeFilter)`: send `message`
     /// (JSON) to every client, or only to clients of one type.
     pub fn broadcast_to_all(&self, message: &serde_json::Value, client_type_filter: Option<&str>) {
-        let payload = Bytes::from(serde_json::to_vec(message).expect("value serialises"));
-        self.broadcast_filtered(true, payload, client_type_filter);
+        if let Ok(h) = self.handle() {
+            h.broadcast_to_all(message, client_type_filter);
+        }
     }
 
     /// Register an async handler for `request` messages to `endpoint`.
@@ -695,28 +694,18 @@ impl WebSocketHandler {
             s.mailbox.send(ShardMsg::Stop);
         }
         let threads: Vec<_> = self.shards.drain(..).map(|s| s.thread).collect();
-        let join = move || {
+        blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                let _ = tokio::task::spawn_blocking(join).await;
-            }
-            Err(_) => join(),
-        }
+        })
+        .await;
         if let Some((tx, handle)) = self.writer.take() {
             let _ = tx.send(crate::store::WriteMsg::Shutdown);
-            let join = move || {
+            blocking(move || {
                 let _ = handle.join();
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(_) => {
-                    let _ = tokio::task::spawn_blocking(join).await;
-                }
-                Err(_) => join(),
-            }
+            })
+            .await;
         }
         self.store = None;
         info!("wshandler stopped");
@@ -840,11 +829,19 @@ impl Handle {
     /// The seed's `broadcastToAll(message, clientTypeFilter)`.
     pub fn broadcast_to_all(&self, message: &serde_json::Value, client_type_filter: Option<&str>) {
         let payload = Bytes::from(serde_json::to_vec(message).expect("value serialises"));
-        let frame = frame::encode(OpCode::Text, false, &payload);
-        let filter: Option<Arc<str>> = client_type_filter.map(Into::into);
+        self.broadcast(true, payload, client_type_filter);
+    }
+
+    /// Send a message to every open connection (of one client type, if
+    /// `filter`). The frame is encoded once and shared; connections with
+    /// compression get their own compressed copy.
+    pub fn broadcast(&self, text: bool, payload: Bytes, filter: Option<&str>) {
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        let frame = frame::encode(opcode, false, &payload);
+        let filter: Option<Arc<str>> = filter.map(Into::into);
         for m in &self.shared.mailboxes {
             m.send(ShardMsg::Broadcast {
-                text: true,
+                text,
                 payload: payload.clone(),
                 frame: frame.clone(),
                 filter: filter.clone(),

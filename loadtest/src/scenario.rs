@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -456,7 +455,7 @@ async fn holder(
     run: Run,
     start_at: Duration,
     heartbeat: Duration,
-    alive: Rc<AtomicUsize>,
+    alive: Arc<AtomicUsize>,
 ) {
     tokio::time::sleep(start_at).await;
     if run.phase() != runner::RUNNING {
@@ -579,15 +578,17 @@ pub fn connect(
     let alive_total = Arc::new(AtomicUsize::new(0));
     let at = alive_total.clone();
     let mut r = runner::run("connect", n, limits, progress, move |i, run| -> Task {
-        let target = target.clone();
-        let at = at.clone();
-        Box::pin(async move {
-            let alive = Rc::new(AtomicUsize::new(0));
-            let start_at = Duration::from_secs_f64(i as f64 / rate.max(1.0));
-            holder(target, i, run, start_at, heartbeat, alive.clone()).await;
-            at.fetch_add(alive.load(Ordering::Relaxed), Ordering::Relaxed);
-        })
+        let start_at = Duration::from_secs_f64(i as f64 / rate.max(1.0));
+        Box::pin(holder(
+            target.clone(),
+            i,
+            run,
+            start_at,
+            heartbeat,
+            at.clone(),
+        ))
     });
+
     r.extra.insert(
         "alive_at_end".into(),
         alive_total.load(Ordering::Relaxed).into(),
