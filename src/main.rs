@@ -142,12 +142,17 @@ impl ServeArgs {
     }
 }
 
+/// Logs go to stderr: stdout carries the "listening on" line tools read
+/// for the port, and the records `query` prints.
 fn init_logging(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WSH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("wshandler={level},warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit(cfg.max_connections);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -207,6 +213,41 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         server.stop().await;
         Ok(())
     })
+}
+
+/// Raise the soft open-file limit to the hard one (shells often start at
+/// 1,024) and warn when `max_connections` cannot fit under it anyway.
+fn raise_fd_limit(max_connections: usize) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    let limit = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r = raised;
+            }
+        }
+        r.rlim_cur
+    };
+    // Listeners, RocksDB files, io_uring and the like need some headroom.
+    const RESERVED: u64 = 256;
+    if (max_connections as u64).saturating_add(RESERVED) > limit {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit,
+            "max_connections does not fit under the open-file limit; \
+             accepts will fail with EMFILE before it is reached (raise `ulimit -n`)"
+        );
+    }
 }
 
 /// SIGINT and SIGTERM, registered before the server starts.

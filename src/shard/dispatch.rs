@@ -88,9 +88,12 @@ impl ShardCtx {
     /// A text message in protocol mode.
     pub(crate) fn on_text(&self, conn: &Rc<Conn>, text: Bytes) {
         let mut scratch = std::mem::take(&mut *self.scratch.borrow_mut());
+        let mut buffers = std::mem::take(&mut *self.json_buffers.borrow_mut());
         scratch.clear();
         scratch.extend_from_slice(&text);
-        match simd_json::to_borrowed_value(&mut scratch) {
+        // The parser's buffers are the shard's, reused from message to
+        // message: no allocation for them per message.
+        match simd_json::to_borrowed_value_with_buffers(&mut scratch, &mut buffers) {
             Ok(v) => self.on_value(conn, &v),
             Err(e) => self.send_error(
                 conn,
@@ -99,9 +102,10 @@ impl ShardCtx {
                 |o| o,
             ),
         }
-        // Keep the scratch buffer unless a huge message grew it.
+        // Keep the scratch buffers unless a huge message grew them.
         if scratch.capacity() <= 64 * 1024 {
             *self.scratch.borrow_mut() = scratch;
+            *self.json_buffers.borrow_mut() = buffers;
         }
     }
 

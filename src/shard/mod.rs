@@ -215,6 +215,7 @@ pub(crate) struct ShardCtx {
     pub(crate) subs: RefCell<SubTrie>,
     /// Reused buffers: JSON parsing, topic matches.
     pub(crate) scratch: RefCell<Vec<u8>>,
+    pub(crate) json_buffers: RefCell<simd_json::Buffers>,
     pub(crate) match_buf: RefCell<Vec<u64>>,
     /// Calls made by local clients, waiting for a result from a service.
     pub(crate) calls: RefCell<HashMap<u64, Waiting>>,
@@ -512,6 +513,7 @@ async fn run<L: Listener>(
         me: me.clone(),
         subs: RefCell::new(SubTrie::default()),
         scratch: RefCell::new(Vec::new()),
+        json_buffers: RefCell::new(simd_json::Buffers::default()),
         match_buf: RefCell::new(Vec::new()),
         calls: RefCell::new(HashMap::new()),
         served: RefCell::new(HashMap::new()),

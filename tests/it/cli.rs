@@ -107,3 +107,49 @@ fn config_subcommand_shows_layers() {
     assert_eq!(cfg.max_connections, 70); // flag beats file
     assert_eq!(cfg.heartbeat_interval, std::time::Duration::from_secs(15));
 }
+
+/// "Max open files" soft and hard limits of a running process.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (nums.next().unwrap(), nums.next().unwrap())
+}
+
+#[test]
+fn serve_raises_the_open_file_limit_and_warns_when_too_low() {
+    use std::io::Read;
+    // Start with a soft limit of 512 (as a 1,024-default shell would, only lower).
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"ulimit -Sn 512 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_wshandler"))
+        .args(["serve", "--echo", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--set", "max_connections=100000000", "--log-level", "warn"])
+        .stderr(std::process::Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSH_")) {
+        cmd.env_remove(k);
+    }
+    let (mut child, _addr) = spawn_listening(&mut cmd);
+    let (soft, hard) = open_file_limits(child.id());
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    assert!(soft >= 512);
+    assert_eq!(signal(child.id(), libc::SIGTERM), 0);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("max_connections does not fit under the open-file limit"),
+        "{err}"
+    );
+}
