@@ -87,6 +87,23 @@ fn one() -> usize {
 }
 
 /// A device: sends sensor `data`, measures send → `data_response`.
+/// How far a rate-limited sender may fall behind its schedule and still
+/// catch up. Timers fire on a 1 ms grid, so at rates above 1,000/s every
+/// wake-up sends the few messages that came due since the last one; past
+/// this lag (a stalled connection) the backlog is dropped instead of sent
+/// as one burst.
+const MAX_LAG: Duration = Duration::from_millis(20);
+
+/// The next send time after one sent at `next`, every `every`.
+fn next_due(next: tokio::time::Instant, every: Duration, now: tokio::time::Instant) -> tokio::time::Instant {
+    let due = next + every;
+    if due + MAX_LAG < now {
+        now
+    } else {
+        due
+    }
+}
+
 async fn device(target: Target, i: usize, run: Run, p: Device) {
     let Some(mut c) = open(&target, i, &run, "microcontroller").await else {
         return;
@@ -120,10 +137,7 @@ async fn device(target: Target, i: usize, run: Run, p: Device) {
             inflight.push_back(Instant::now());
             run.sample.borrow_mut().sent += 1;
             if let Some(e) = every {
-                next_send += e;
-                if next_send < now {
-                    next_send = now; // fell behind: don't burst
-                }
+                next_send = next_due(next_send, e, now);
             }
         }
         if hb.is_some() && now >= next_hb {
@@ -357,10 +371,7 @@ async fn publisher(
             unacked += 1;
             run.sample.borrow_mut().sent += 1;
             if let Some(e) = every {
-                next_send += e;
-                if next_send < now {
-                    next_send = now;
-                }
+                next_send = next_due(next_send, e, now);
             }
         }
         shared.published[j].store(seq, Ordering::Release);

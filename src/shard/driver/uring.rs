@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -19,6 +20,10 @@ use super::{Listener, Stream};
 /// smaller groups gets the first subscribers' bytes out while the shard is
 /// still queueing for the rest.
 const SQ_ENTRIES: u32 = 256;
+
+/// How long after a read completed the next read tries a plain `recv`
+/// first (see `UringStream::read`).
+const OPPORTUNISTIC_AFTER: Duration = Duration::from_micros(20);
 
 /// Completion queue size: completions of every connection's pending read
 /// can arrive in one burst; past this the kernel keeps them on its overflow
@@ -53,15 +58,16 @@ pub(crate) fn runtime() -> io::Result<tokio_uring::Runtime> {
 
 pub(crate) struct UringStream {
     inner: tokio_uring::net::TcpStream,
-    /// The last read returned data, so more may already be waiting.
-    maybe_more: Cell<bool>,
+    /// When the last read that returned data completed: more may have
+    /// arrived since.
+    maybe_more: Cell<Option<Instant>>,
 }
 
 impl UringStream {
     fn new(inner: tokio_uring::net::TcpStream) -> Self {
         UringStream {
             inner,
-            maybe_more: Cell::new(false),
+            maybe_more: Cell::new(None),
         }
     }
 
@@ -94,25 +100,32 @@ impl Stream for UringStream {
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
-        // Opportunistic read: after a read that returned data, take what
-        // arrived meanwhile with a plain non-blocking recv, in this task
-        // turn, as the epoll driver does. Going through the ring instead
-        // lets every woken writer flush first, with fewer messages per
-        // write: on one core this took fan-out from ~1.1-1.2M to ~1.6M
-        // deliveries/s and ingest from ~700k to ~750k acks/s
-        // (docs/benchmarks.md). An idle connection costs nothing extra: it
-        // only waits on the ring.
-        if self.maybe_more.get() {
+        // Opportunistic read: when handling the last read took a while (a
+        // publish fanned out to many subscribers), take what arrived
+        // meanwhile with a plain non-blocking recv in this task turn, as
+        // the epoll driver does. Going through the ring instead lets every
+        // woken writer flush first, with fewer messages per write: on one
+        // core this took fan-out from ~1.1-1.5M to ~1.6-1.7M deliveries/s
+        // (docs/benchmarks.md). After a quick turn (a few records) the
+        // recv would mostly find nothing and cost a syscall, so the ring
+        // read goes first; an idle connection only waits on the ring.
+        if self
+            .maybe_more
+            .get()
+            .is_some_and(|t| t.elapsed() >= OPPORTUNISTIC_AFTER)
+        {
             if let Some(n) = self.try_recv(&mut buf) {
+                self.maybe_more.set(Some(Instant::now()));
                 return (Ok(n), buf);
             }
-            self.maybe_more.set(false);
+            self.maybe_more.set(None);
         }
         // Read into the spare capacity so the read appends (tokio-uring reads
         // into a slice's range; a bare BytesMut would be read into from 0).
         let len = buf.len();
         let (res, slice) = self.inner.read(buf.slice(len..)).await;
-        self.maybe_more.set(matches!(res, Ok(n) if n > 0));
+        self.maybe_more
+            .set(matches!(res, Ok(n) if n > 0).then(Instant::now));
         (res, slice.into_inner())
     }
 
