@@ -95,7 +95,11 @@ fn one() -> usize {
 const MAX_LAG: Duration = Duration::from_millis(20);
 
 /// The next send time after one sent at `next`, every `every`.
-fn next_due(next: tokio::time::Instant, every: Duration, now: tokio::time::Instant) -> tokio::time::Instant {
+fn next_due(
+    next: tokio::time::Instant,
+    every: Duration,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
     let due = next + every;
     if due + MAX_LAG < now {
         now
@@ -675,4 +679,24 @@ pub fn mixed(target: &Target, limits: Limits, profile: &Profile, progress: bool)
             Role::Caller(w) => Box::pin(caller(t, i, run, *w)),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_schedule_catches_up_within_the_lag_and_drops_beyond() {
+        let t0 = tokio::time::Instant::now();
+        let every = Duration::from_micros(250);
+        // 1 ms late (a timer tick): keep the schedule, so the sender sends
+        // the four messages that came due.
+        assert_eq!(
+            next_due(t0, every, t0 + Duration::from_millis(1)),
+            t0 + every
+        );
+        // Stalled far past the lag: restart from now, no burst.
+        let late = t0 + MAX_LAG + Duration::from_millis(5);
+        assert_eq!(next_due(t0, every, late), late);
+    }
 }

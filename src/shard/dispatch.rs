@@ -20,7 +20,7 @@ use super::conn::Conn;
 use super::{CallResult, Served, ShardCtx, ShardMsg, Target, Waiting};
 use crate::api::{CallContext, CallKind, Registrant};
 use crate::events::Event;
-use crate::protocol::json::{now_iso, Obj};
+use crate::protocol::json::Obj;
 use crate::protocol::{stream, topic, ErrorCode, SERVER_VERSION};
 use crate::ws::close;
 
@@ -94,7 +94,7 @@ impl ShardCtx {
         // The parser's buffers are the shard's, reused from message to
         // message: no allocation for them per message.
         match simd_json::to_borrowed_value_with_buffers(&mut scratch, &mut buffers) {
-            Ok(v) => self.on_value(conn, &v),
+            Ok(v) => self.on_value(conn, &v, &text),
             Err(e) => self.send_error(
                 conn,
                 ErrorCode::InvalidJson,
@@ -109,7 +109,9 @@ impl ShardCtx {
         }
     }
 
-    fn on_value(&self, conn: &Rc<Conn>, v: &Value) {
+    /// `text` is the message as received (the parsed value borrows from a
+    /// copy the parser rewrote).
+    fn on_value(&self, conn: &Rc<Conn>, v: &Value, text: &[u8]) {
         if !v.is_object() {
             return self.send_error(
                 conn,
@@ -138,7 +140,7 @@ impl ShardCtx {
             "heartbeat" => conn.send_text(Obj::typed("heartbeat_response").now().finish()),
             "handshake" => self.on_handshake(conn, v),
             "auth" => self.on_auth(conn, v),
-            "data" | "sensor_data" => self.on_data(conn, v, ty == "sensor_data"),
+            "data" | "sensor_data" => self.on_data(conn, v, ty == "sensor_data", text),
             "request" if disabled(cfg.enable_request_response) => {
                 self.feature_off(conn, "request-response")
             }
@@ -152,7 +154,7 @@ impl ShardCtx {
             }
             "subscribe" => self.on_subscribe(conn, v, true),
             "unsubscribe" => self.on_subscribe(conn, v, false),
-            "publish" => self.on_publish(conn, v),
+            "publish" => self.on_publish(conn, v, text),
             "stream_start" | "stream_data" | "stream_end" if disabled(cfg.enable_streaming) => {
                 self.feature_off(conn, "streaming")
             }
@@ -295,7 +297,7 @@ impl ShardCtx {
         }
     }
 
-    fn on_data(&self, conn: &Rc<Conn>, v: &Value, legacy: bool) {
+    fn on_data(&self, conn: &Rc<Conn>, v: &Value, legacy: bool, text: &[u8]) {
         let cfg = &self.shared.config;
         // sensor_data: every field but `type` is the data.
         let legacy_data;
@@ -346,10 +348,10 @@ impl ShardCtx {
                 );
             }
         }
-        let ts = now_iso();
+        let ts = crate::protocol::json::now_shared();
         let table = match str_field(v, "table") {
-            None => cfg.db_table_name.as_str(),
-            Some(t) if t == cfg.db_table_name || cfg.allowed_tables.iter().any(|a| a == t) => t,
+            None => &self.tables[0],
+            Some(t) if let Some(known) = self.tables.iter().find(|k| &***k == t) => known,
             Some(t) => {
                 return conn.send_text(
                     Obj::typed("data_response")
@@ -364,11 +366,17 @@ impl ShardCtx {
             Some(store) => {
                 let message_id = v.get("messageId").and_then(id_string);
                 let device = conn.client.borrow().device_id.clone();
+                // `data` as sent, when it is there verbatim (not sensor_data).
+                let data_text = if legacy {
+                    None
+                } else {
+                    crate::protocol::json::member_span(text, "data")
+                };
                 let body = self.record_body(
                     conn,
                     data_type,
                     &ts,
-                    data,
+                    (data, data_text),
                     device.as_deref(),
                     message_id.as_deref(),
                 );
@@ -376,7 +384,7 @@ impl ShardCtx {
                 let task = crate::store::WriteTask {
                     shard: self.id,
                     ticket,
-                    table: table.to_owned(),
+                    table: table.clone(),
                     body,
                     dedup: message_id
                         .map(|m| (device.unwrap_or_else(|| conn.client_id.clone()), m)),
@@ -385,7 +393,7 @@ impl ShardCtx {
                     ticket,
                     super::PendingStore {
                         key: conn.key,
-                        table: table.to_owned(),
+                        table: table.clone(),
                         timestamp: ts.clone(),
                     },
                 );
@@ -403,7 +411,7 @@ impl ShardCtx {
             client_type: conn.client.borrow().client_type.clone(),
             data_type: data_type.to_owned(),
             data: to_serde(data),
-            timestamp: ts.clone(),
+            timestamp: ts.to_string(),
         });
     }
 
@@ -415,18 +423,18 @@ impl ShardCtx {
         conn: &Rc<Conn>,
         data_type: &str,
         ts: &str,
-        data: &Value,
+        (data, data_text): (&Value, Option<&[u8]>),
         device: Option<&str>,
         message_id: Option<&str>,
     ) -> Vec<u8> {
         let cfg = &self.shared.config;
-        let data_json = match &self.shared.field_key {
+        let sealed = match &self.shared.field_key {
             Some(k) if !cfg.fields_to_encrypt.is_empty() => {
                 let mut d = to_serde(data);
                 k.encrypt_fields(&mut d, &cfg.fields_to_encrypt);
-                serde_json::to_vec(&d).expect("value serialises")
+                Some(serde_json::to_vec(&d).expect("value serialises"))
             }
-            _ => raw(data),
+            _ => None,
         };
         let client_type = conn.client.borrow().client_type.clone();
         let mut o = Obj::new().str("clientId", &conn.client_id);
@@ -438,7 +446,11 @@ impl ShardCtx {
             .str("timestamp", ts)
             .opt_str("deviceId", device)
             .opt_str("messageId", message_id)
-            .raw("data", &data_json)
+            .raw_with("data", |buf| match (sealed, data_text) {
+                (Some(json), _) => buf.extend_from_slice(&json),
+                (None, Some(text)) => buf.extend_from_slice(text),
+                (None, None) => data.write(buf).expect("writing to a Vec cannot fail"),
+            })
             .finish_vec()
     }
 
@@ -489,7 +501,7 @@ impl ShardCtx {
                     if !ack.duplicate {
                         self.shared.events.emit(|| Event::DatabaseInsert {
                             client_id: client_id(),
-                            table: p.table.clone(),
+                            table: p.table.to_string(),
                             insert_id: ack.insert_id,
                         });
                     }
@@ -506,7 +518,7 @@ impl ShardCtx {
                     }
                     self.shared.events.emit(|| Event::DatabaseError {
                         client_id: client_id(),
-                        table: p.table.clone(),
+                        table: p.table.to_string(),
                         message: message.clone(),
                     });
                 }
@@ -933,7 +945,7 @@ impl ShardCtx {
         });
     }
 
-    fn on_publish(&self, conn: &Rc<Conn>, v: &Value) {
+    fn on_publish(&self, conn: &Rc<Conn>, v: &Value, text: &[u8]) {
         let Some(t) = str_field(v, "topic") else {
             return self.missing(conn, "publish", "topic");
         };
@@ -945,7 +957,11 @@ impl ShardCtx {
                 |o| o.str("field", "topic"),
             );
         }
-        let data = v.get("data").map_or_else(|| b"null".to_vec(), raw);
+        let data: std::borrow::Cow<'_, [u8]> = match v.get("data") {
+            None => b"null".as_slice().into(),
+            Some(d) => crate::protocol::json::member_span(text, "data")
+                .map_or_else(|| raw(d).into(), Into::into),
+        };
         self.publish(t, &data, Some(&conn.client_id), Some(conn.key));
         conn.send_text(
             Obj::typed("publish_response")

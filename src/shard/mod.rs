@@ -114,8 +114,8 @@ pub(crate) enum ShardMsg {
 #[derive(Debug)]
 pub(crate) struct PendingStore {
     pub(crate) key: u64,
-    pub(crate) table: String,
-    pub(crate) timestamp: String,
+    pub(crate) table: Arc<str>,
+    pub(crate) timestamp: Rc<str>,
 }
 
 /// The answer to a routed call.
@@ -222,6 +222,9 @@ pub(crate) struct ShardCtx {
     /// Requests sent to local clients, waiting for their answer.
     pub(crate) served: RefCell<HashMap<String, Served>>,
     next_call: Cell<u64>,
+    /// Tables a record may go to: `db_table_name` first, then
+    /// `allowed_tables` (shared names: no allocation per record).
+    pub(crate) tables: Vec<Arc<str>>,
     /// Records sent to the writer, by ticket.
     pub(crate) pending_store: RefCell<HashMap<u64, PendingStore>>,
     /// Records the writer's full queue did not take yet.
@@ -501,6 +504,10 @@ async fn run<L: Listener>(
     ready: std::sync::mpsc::Sender<Result<DriverKind, String>>,
     kind: DriverKind,
 ) {
+    let tables = std::iter::once(&shared.config.db_table_name)
+        .chain(&shared.config.allowed_tables)
+        .map(|t| Arc::from(t.as_str()))
+        .collect();
     let ctx = Rc::new_cyclic(|me| ShardCtx {
         id,
         shared,
@@ -518,6 +525,7 @@ async fn run<L: Listener>(
         calls: RefCell::new(HashMap::new()),
         served: RefCell::new(HashMap::new()),
         next_call: Cell::new(0),
+        tables,
         pending_store: RefCell::new(HashMap::new()),
         store_backlog: RefCell::new(std::collections::VecDeque::new()),
         store_blocked: Cell::new(false),

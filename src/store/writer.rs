@@ -22,7 +22,7 @@ use crate::shard::{Mailbox, ShardMsg};
 pub(crate) struct WriteTask {
     pub(crate) shard: usize,
     pub(crate) ticket: u64,
-    pub(crate) table: String,
+    pub(crate) table: std::sync::Arc<str>,
     /// The record as a JSON object without `insertId` (the writer adds it).
     pub(crate) body: Vec<u8>,
     /// (deviceId, messageId) for effectively-once ingest.
@@ -61,10 +61,10 @@ fn now_ms() -> u64 {
 }
 
 fn splice_id(body: &[u8], id: u64) -> Vec<u8> {
+    use std::io::Write;
     // body is `{...}`; the stored record is `{"insertId":N,...}`.
-    let mut v = Vec::with_capacity(body.len() + 24);
-    v.extend_from_slice(b"{\"insertId\":");
-    v.extend_from_slice(id.to_string().as_bytes());
+    let mut v = Vec::with_capacity(body.len() + 32);
+    let _ = write!(v, "{{\"insertId\":{id}");
     if body.len() > 2 {
         v.push(b',');
     }
@@ -204,7 +204,7 @@ impl Writer {
         let mut results: Vec<(usize, u64, Result<StoreAck, String>)> =
             Vec::with_capacity(batch.len());
         let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
-        let mut touched: Vec<String> = Vec::new();
+        let mut touched: Vec<std::sync::Arc<str>> = Vec::new();
         let dedup_cf = db.cf_handle(keys::DEDUP_CF).expect("dedup cf");
         let now = now_ms();
         for t in &batch {
@@ -222,7 +222,7 @@ impl Writer {
                     Some(id) => Some(*id),
                     None => match db.get_cf(dedup_cf, k) {
                         Ok(Some(v)) => keys::parse_dedup_value(&v)
-                            .filter(|(table, _, exp)| *exp > now && *table == t.table)
+                            .filter(|(table, _, exp)| *exp > now && *table == *t.table)
                             .map(|(_, id, _)| id),
                         Ok(None) => None,
                         Err(e) => {
@@ -243,7 +243,10 @@ impl Writer {
                     continue;
                 }
             }
-            let c = self.counters.entry(t.table.clone()).or_insert(0);
+            let c = match self.counters.get_mut(&*t.table) {
+                Some(c) => c,
+                None => self.counters.entry(t.table.to_string()).or_insert(0),
+            };
             *c += 1;
             let id = *c;
             wb.put_cf(cf, keys::record_key(id), splice_id(&t.body, id));
@@ -266,7 +269,7 @@ impl Writer {
         }
         let meta = db.cf_handle(keys::META_CF).expect("meta cf");
         for t in &touched {
-            wb.put_cf(meta, keys::seq_key(t), self.counters[t].to_be_bytes());
+            wb.put_cf(meta, keys::seq_key(t), self.counters[&**t].to_be_bytes());
         }
         if !wb.is_empty() {
             if let Err(e) = db.write_opt(wb, &self.wopts) {
