@@ -155,3 +155,59 @@ impl Listener for UringListener {
         Ok((UringStream::new(s), addr))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The opportunistic `recv` (and its `unsafe`): it takes what is
+    /// waiting, falls back to the ring when nothing is, and reports end of
+    /// stream as a 0-byte read.
+    #[test]
+    fn opportunistic_recv_takes_waiting_bytes_and_sees_eof() {
+        let Ok(rt) = runtime() else {
+            eprintln!("io_uring unavailable here; the epoll driver is tested instead");
+            return;
+        };
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let s = UringStream::new(tokio_uring::net::TcpStream::from_std(server));
+            let long_ago = || Some(Instant::now() - Duration::from_millis(5));
+
+            // Bytes already waiting: taken by recv, in this turn.
+            client.write_all(b"hello world").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            s.maybe_more.set(long_ago());
+            let (n, buf) = s.read(BytesMut::new(), 512).await;
+            assert_eq!(n.unwrap(), 11);
+            assert_eq!(&buf[..], b"hello world");
+            assert!(
+                s.maybe_more.get().is_some(),
+                "recv got data: more may follow"
+            );
+
+            // Nothing waiting: recv finds nothing, the ring read waits for
+            // the next bytes and appends them.
+            s.maybe_more.set(long_ago());
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                client.write_all(b"!").unwrap();
+                client
+            });
+            let (n, buf) = s.read(buf, 512).await;
+            assert_eq!(n.unwrap(), 1);
+            assert_eq!(&buf[..], b"hello world!");
+
+            // The peer closed: recv reports end of stream.
+            drop(writer.join().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+            s.maybe_more.set(long_ago());
+            let (n, buf) = s.read(buf, 512).await;
+            assert_eq!(n.unwrap(), 0);
+            assert_eq!(&buf[..], b"hello world!");
+        });
+    }
+}
