@@ -114,6 +114,10 @@ impl Stream for UringStream {
             .get()
             .is_some_and(|t| t.elapsed() >= OPPORTUNISTIC_AFTER)
         {
+            // This path never waits, so it takes from tokio's per-task
+            // budget like an epoll read does: a client that keeps the
+            // socket full cannot keep the shard from its other tasks.
+            tokio::task::coop::consume_budget().await;
             if let Some(n) = self.try_recv(&mut buf) {
                 self.maybe_more.set(Some(Instant::now()));
                 return (Ok(n), buf);
@@ -162,10 +166,11 @@ mod tests {
     use std::io::Write;
 
     /// The opportunistic `recv` (and its `unsafe`): it takes what is
-    /// waiting, falls back to the ring when nothing is, and reports end of
+    /// waiting, falls back to the ring when nothing is, gives the shard's
+    /// other tasks a turn while a socket stays full, and reports end of
     /// stream as a 0-byte read.
     #[test]
-    fn opportunistic_recv_takes_waiting_bytes_and_sees_eof() {
+    fn opportunistic_recv_takes_waiting_bytes_yields_and_sees_eof() {
         let Ok(rt) = runtime() else {
             eprintln!("io_uring unavailable here; the epoll driver is tested instead");
             return;
@@ -201,8 +206,35 @@ mod tests {
             assert_eq!(n.unwrap(), 1);
             assert_eq!(&buf[..], b"hello world!");
 
+            // A socket that always has data waiting: the reader still
+            // yields to the shard's other tasks (tokio's budget).
+            let mut client = writer.join().unwrap();
+            // 64 KiB fits in the loopback socket buffers, so it is all
+            // waiting before the reader starts; 64-byte reads make ~1,000
+            // reads, far past the budget (128).
+            client.write_all(&vec![b'x'; 64 * 1024]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let ticker = {
+                let ticks = ticks.clone();
+                tokio_uring::spawn(async move {
+                    loop {
+                        ticks.set(ticks.get() + 1);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            let mut got = 0;
+            while got < 64 * 1024 {
+                s.maybe_more.set(long_ago());
+                let (n, _) = s.read(BytesMut::with_capacity(64), 64).await;
+                got += n.unwrap();
+            }
+            ticker.abort();
+            assert!(ticks.get() > 0, "the reader never yielded");
+
             // The peer closed: recv reports end of stream.
-            drop(writer.join().unwrap());
+            drop(client);
             std::thread::sleep(Duration::from_millis(20));
             s.maybe_more.set(long_ago());
             let (n, buf) = s.read(buf, 512).await;
