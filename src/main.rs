@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use wshandler::{Config, WebSocketHandler};
 
+mod fdlimit;
+
 // mimalloc: the server allocates many small, short-lived buffers (frames,
 // payload handles) from several shard threads; mimalloc's per-thread heaps
 // keep that fast and return memory better than glibc's malloc arenas.
@@ -215,28 +217,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Raise the soft open-file limit to the hard one (shells often start at
-/// 1,024) and warn when `max_connections` cannot fit under it anyway.
+/// Raise the soft open-file limit to the hard one and warn when
+/// `max_connections` cannot fit under it anyway.
 fn raise_fd_limit(max_connections: usize) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    let limit = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return;
-        }
-        if r.rlim_cur < r.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                r = raised;
-            }
-        }
-        r.rlim_cur
+    let Some(limit) = fdlimit::raise_nofile() else {
+        return;
     };
     // Listeners, RocksDB files, io_uring and the like need some headroom.
     const RESERVED: u64 = 256;

@@ -11,6 +11,10 @@ use wshandler_loadtest::report::Report;
 use wshandler_loadtest::scenario::{self, Device, Fanout, Profile};
 use wshandler_loadtest::{Limits, Target};
 
+// The server's own limit-raising code, shared by path like `src/ws`.
+#[path = "../../src/fdlimit.rs"]
+mod fdlimit;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "wshandler-loadtest",
@@ -136,21 +140,6 @@ enum Scenario {
     },
 }
 
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
-    #[allow(unsafe_code)]
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 fn spawn_server(c: &Common) -> anyhow::Result<(Child, u16)> {
     let bin = c.spawn.as_ref().expect("checked");
     let mut cmd = Command::new(bin);
@@ -190,7 +179,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Report> {
-    raise_nofile();
+    fdlimit::raise_nofile();
     let c = &cli.common;
     let mut server = None;
     let port = if c.spawn.is_some() {

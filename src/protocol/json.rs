@@ -135,7 +135,7 @@ impl Obj {
 
     /// The server timestamp field (`timestamp`, ISO-8601 UTC with milliseconds).
     pub fn now(self) -> Obj {
-        with_now(|ts| self.str("timestamp", ts))
+        self.str("timestamp", &now_shared())
     }
 
     /// Close the object.
@@ -163,26 +163,17 @@ fn itoa(v: u64) -> String {
 
 /// Now, as `2024-01-01T12:00:00.000Z`.
 pub fn now_iso() -> String {
-    with_now(str::to_owned)
+    now_shared().to_string()
 }
 
-/// The current time as [`now_iso`], shared: every caller in the same
-/// millisecond gets the same string without an allocation.
-pub fn now_shared() -> std::rc::Rc<str> {
-    now_cached()
-}
-
-/// Call `f` with the current time as RFC 3339 with milliseconds.
+/// The current time as [`now_iso`], shared: every caller on this thread in
+/// the same millisecond gets the same string without an allocation.
 ///
 /// Formatting a timestamp cost ~1.5% of a shard's time in the ingest
 /// profile (one per `data_response`); at hundreds of thousands of replies a
 /// second most of them fall in the same millisecond, so each thread keeps
 /// the last one it formatted.
-pub fn with_now<R>(f: impl FnOnce(&str) -> R) -> R {
-    f(&now_cached())
-}
-
-fn now_cached() -> std::rc::Rc<str> {
+pub fn now_shared() -> std::rc::Rc<str> {
     use std::cell::RefCell;
     use std::rc::Rc;
     use std::time::{SystemTime, UNIX_EPOCH};

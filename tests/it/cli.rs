@@ -125,16 +125,13 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 fn serve_raises_the_open_file_limit_and_warns_when_too_low() {
     use std::io::Read;
     // Start with a soft limit of 512 (as a 1,024-default shell would, only lower).
-    let mut cmd = std::process::Command::new("sh");
+    let mut cmd = without_wsh_env(std::process::Command::new("sh"));
     cmd.arg("-c")
         .arg(r#"ulimit -Sn 512 && exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_wshandler"))
         .args(["serve", "--echo", "--host", "127.0.0.1", "--port", "0"])
         .args(["--set", "max_connections=100000000", "--log-level", "warn"])
         .stderr(std::process::Stdio::piped());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSH_")) {
-        cmd.env_remove(k);
-    }
     let (mut child, _addr) = spawn_listening(&mut cmd);
     let (soft, hard) = open_file_limits(child.id());
     assert_eq!(soft, hard, "soft limit raised to the hard one");

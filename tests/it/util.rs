@@ -256,13 +256,18 @@ pub async fn wait_event(
 /// The `wshandler` binary, with no `WSH_*` settings inherited (it refuses
 /// unknown ones, and the test environment must not leak into it).
 pub fn bin() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wshandler"));
+    without_wsh_env(std::process::Command::new(env!("CARGO_BIN_EXE_wshandler")))
+}
+
+/// `cmd` without the caller's `WSH_*` variables (the server reads them as
+/// settings).
+pub fn without_wsh_env(mut cmd: std::process::Command) -> std::process::Command {
     for (k, _) in std::env::vars() {
         if k.starts_with("WSH_") {
-            c.env_remove(k);
+            cmd.env_remove(k);
         }
     }
-    c
+    cmd
 }
 
 /// Send `sig` to a child we started.
