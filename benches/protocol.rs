@@ -1,5 +1,6 @@
-//! The protocol hot path outside the codec: JSON message decode (simd-json
-//! borrowed, as the shards do, vs serde_json into a `Value`) and topic
+//! The protocol hot path outside the codec: JSON message decode (our
+//! validating scanner, as the shards do, against simd-json borrowed values,
+//! which the shards used before, and serde_json into a `Value`) and topic
 //! matching against 10,000 subscriptions with wildcards.
 //!
 //! ```sh
@@ -8,6 +9,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use simd_json::prelude::*;
+use wshandler::protocol::scan;
 use wshandler::protocol::topic::SubTrie;
 
 const MSG: &str = r#"{"type":"data","dataType":"sensor","messageId":"m-123456","data":{"seq":42,"device":"esp32-livingroom-7","temperature":21.5,"humidity":40,"battery":87,"location":{"lat":51.5072,"lon":-0.1276}}}"#;
@@ -15,6 +17,18 @@ const MSG: &str = r#"{"type":"data","dataType":"sensor","messageId":"m-123456","
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("json_decode");
     g.throughput(Throughput::Bytes(MSG.len() as u64));
+    let mut members = Vec::with_capacity(16);
+    g.bench_function("wshandler_scan", |b| {
+        b.iter(|| {
+            let m = scan::scan(black_box(MSG.as_bytes()), 64, &mut members).unwrap();
+            black_box(m.str("type").unwrap().map(|t| t.len()));
+            black_box(
+                m.get("data")
+                    .and_then(|d| d.get("temperature"))
+                    .map(|t| t.raw().len()),
+            );
+        })
+    });
     let mut scratch = Vec::with_capacity(1024);
     g.bench_function("simd_json_borrowed", |b| {
         b.iter(|| {

@@ -194,6 +194,40 @@ pub struct Config {
     #[serde(with = "duration_serde")]
     pub request_timeout: Duration,
 
+    // --- Per-connection limits ---
+    /// How deeply arrays and objects may nest in one message (the message
+    /// object is level 1). Bounds the parser and every later reader: a frame of
+    /// 100,000 `[` must be refused, not crash a shard or store a record no
+    /// reader can open. 1..=100. Default 64.
+    pub max_json_depth: u32,
+    /// Subscriptions one connection may hold (each costs ~1 KiB of trie and
+    /// state); past it `subscribe` is refused with `limit_exceeded`. Wildcards
+    /// (`sensors.>`) cover many topics with one. At least 1. Default 128
+    /// (Centrifugo's default channel limit).
+    pub max_subscriptions_per_connection: usize,
+    /// Client streams open at once on one connection; past it `stream_start`
+    /// is refused with `limit_exceeded`. At least 1. Default 16.
+    pub max_streams_per_connection: usize,
+    /// Longest `requestId`, `messageId`, `streamId` or `deviceId` accepted, in
+    /// bytes; a longer one is refused with `limit_exceeded` (each id is kept
+    /// in per-connection tables and stored records). At least 8. Default 128.
+    pub max_id_length: usize,
+    /// Longest topic or subscription pattern, in bytes. At least 8. Default 256.
+    pub max_topic_length: usize,
+    /// Longest `dataType`, `streamType`, `table`, endpoint, method or
+    /// registration name, in bytes. At least 8. Default 128.
+    pub max_name_length: usize,
+    /// Requests one connection may have waiting at once, each way: calls it
+    /// made that are not answered yet, and server-issued requests it has not
+    /// answered. Past it a call is refused with `limit_exceeded` (a service
+    /// that stops answering fails further calls at once instead of growing
+    /// tables). At least 1. Default 64.
+    pub max_pending_requests: usize,
+    /// Clients listed in a `server.status` reply (the rest are counted, not
+    /// listed: `clientsTruncated`), so one small request cannot return
+    /// megabytes. At least 1. Default 1000.
+    pub status_max_clients: usize,
+
     // --- Monitoring ---
     /// Send pings and close connections that stop answering, so dead peers
     /// (pulled cables, sleeping devices) do not hold connection slots.
@@ -285,6 +319,14 @@ impl Default for Config {
             max_payload_size: 10 * 1024 * 1024,
             max_backpressure: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            max_json_depth: 64,
+            max_subscriptions_per_connection: 128,
+            max_streams_per_connection: 16,
+            max_id_length: 128,
+            max_topic_length: 256,
+            max_name_length: 128,
+            max_pending_requests: 64,
+            status_max_clients: 1000,
             enable_heartbeat: true,
             heartbeat_interval: Duration::from_secs(30),
             log_level: "info".to_owned(),
@@ -353,6 +395,14 @@ impl fmt::Debug for Config {
             max_payload_size,
             max_backpressure,
             request_timeout,
+            max_json_depth,
+            max_subscriptions_per_connection,
+            max_streams_per_connection,
+            max_id_length,
+            max_topic_length,
+            max_name_length,
+            max_pending_requests,
+            status_max_clients,
             enable_heartbeat,
             heartbeat_interval,
             log_level,
@@ -401,6 +451,17 @@ impl fmt::Debug for Config {
             .field("max_payload_size", max_payload_size)
             .field("max_backpressure", max_backpressure)
             .field("request_timeout", request_timeout)
+            .field("max_json_depth", max_json_depth)
+            .field(
+                "max_subscriptions_per_connection",
+                max_subscriptions_per_connection,
+            )
+            .field("max_streams_per_connection", max_streams_per_connection)
+            .field("max_id_length", max_id_length)
+            .field("max_topic_length", max_topic_length)
+            .field("max_name_length", max_name_length)
+            .field("max_pending_requests", max_pending_requests)
+            .field("status_max_clients", status_max_clients)
             .field("enable_heartbeat", enable_heartbeat)
             .field("heartbeat_interval", heartbeat_interval)
             .field("log_level", log_level)
@@ -686,6 +747,33 @@ impl Config {
                 ),
             );
         }
+        if !(1..=100).contains(&self.max_json_depth) {
+            return invalid(
+                "max_json_depth",
+                format!("must be between 1 and 100 (got {})", self.max_json_depth),
+            );
+        }
+        for (field, v, min) in [
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+                1,
+            ),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection,
+                1,
+            ),
+            ("max_id_length", self.max_id_length, 8),
+            ("max_topic_length", self.max_topic_length, 8),
+            ("max_name_length", self.max_name_length, 8),
+            ("max_pending_requests", self.max_pending_requests, 1),
+            ("status_max_clients", self.status_max_clients, 1),
+        ] {
+            if v < min {
+                return invalid(field, format!("must be at least {min} (got {v})"));
+            }
+        }
         if self.request_timeout.is_zero() {
             return invalid("request_timeout", "must be greater than zero".to_owned());
         }
@@ -838,6 +926,14 @@ const FIELDS: &[(&str, Kind)] = &[
     ("max_payload_size", Kind::Int),
     ("max_backpressure", Kind::Int),
     ("request_timeout", Kind::Duration),
+    ("max_json_depth", Kind::Int),
+    ("max_subscriptions_per_connection", Kind::Int),
+    ("max_streams_per_connection", Kind::Int),
+    ("max_id_length", Kind::Int),
+    ("max_topic_length", Kind::Int),
+    ("max_name_length", Kind::Int),
+    ("max_pending_requests", Kind::Int),
+    ("status_max_clients", Kind::Int),
     ("enable_heartbeat", Kind::Bool),
     ("heartbeat_interval", Kind::Duration),
     ("log_level", Kind::Str),

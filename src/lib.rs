@@ -40,3 +40,7 @@ pub use config::{Config, IoDriver};
 pub use events::Event;
 pub use server::{ApiError, Handle, ServerError, Status, WebSocketHandler};
 pub use shard::DriverKind;
+
+/// One shard's protocol handlers without sockets (fuzz targets, tests).
+#[doc(hidden)]
+pub use shard::harness::ProtocolHarness;

@@ -7,6 +7,8 @@
 //! buffer); replies on the hot path are written field by field ([`json`]).
 
 pub mod json;
+pub mod kind;
+pub mod scan;
 pub mod stream;
 pub mod topic;
 
@@ -27,8 +29,20 @@ pub enum ErrorCode {
     UnknownStream,
     /// A gap or repeat in a stream's `sequenceNumber`.
     StreamSequence,
-    /// The client type may not do this (e.g. `register` from a non-service).
+    /// The client type or credential may not do this (e.g. `register` from
+    /// a non-service, a handshake widening the authenticated client type).
     Forbidden,
+    /// JSON nested deeper than `max_json_depth`.
+    TooDeep,
+    /// A per-connection bound was reached (subscriptions, streams, pending
+    /// requests) or a field is longer than its limit; `limit` names it.
+    LimitExceeded,
+    /// A `response`/`rpc_response` whose `requestId` names no request the
+    /// server sent to this connection.
+    UnknownRequest,
+    /// The store could not take the record (disk full, I/O error); nothing
+    /// was stored. The detail is in the server's log, not sent.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -43,6 +57,10 @@ impl ErrorCode {
             ErrorCode::UnknownStream => "unknown_stream",
             ErrorCode::StreamSequence => "stream_sequence",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooDeep => "too_deep",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What the protocol layer remembers about one connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::api::CallKind;
@@ -15,18 +15,38 @@ pub(crate) struct InStream {
     pub(crate) bytes: u64,
 }
 
+/// What a successful `auth` granted, fixed for the connection's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The client type the credential is bound to; `None`: any type no
+    /// other credential is bound to.
+    pub(crate) bound_type: Option<String>,
+    /// Which credential it was (`token:<index>` of `auth_tokens`, or
+    /// `token` for `auth_token`): scopes message-id de-duplication, so a
+    /// client holding one credential cannot pre-empt another's records.
+    pub(crate) scope: String,
+}
+
 /// Protocol state of one connection (handshake, auth, subscriptions, streams).
 #[derive(Debug, Default)]
 pub(crate) struct ClientState {
     pub(crate) client_type: Option<String>,
     pub(crate) device_id: Option<String>,
     pub(crate) authenticated: bool,
+    /// Set by a successful `auth` when authentication is on.
+    pub(crate) grant: Option<Grant>,
     pub(crate) auth_failures: u32,
-    /// Subscription patterns, in the order made.
-    pub(crate) subs: Vec<Box<str>>,
+    /// Subscription patterns (a set: unsubscribe is O(1)).
+    pub(crate) subs: HashSet<Box<str>>,
     pub(crate) streams: HashMap<String, InStream>,
     /// Names this service client serves.
     pub(crate) registered: Vec<(CallKind, String)>,
+    /// Requests this client made that are not answered yet.
+    pub(crate) pending_calls: usize,
+    /// Server-issued requests this client has not answered yet.
+    pub(crate) pending_served: usize,
+    /// A `server.status` or `store.query` is being answered.
+    pub(crate) heavy_in_flight: bool,
     err_window: Option<Instant>,
     err_count: u32,
 }

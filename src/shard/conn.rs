@@ -82,6 +82,39 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// A connection's state once upgraded; the transport is separate (see
+    /// [`serve`]), so the protocol can be driven without a socket.
+    pub(crate) fn new(ctx: &ShardCtx, peer: SocketAddr, deflate: Option<Deflate>) -> Rc<Conn> {
+        let cfg = &ctx.shared.config;
+        let key = ctx.next_key();
+        Rc::new(Conn {
+            key,
+            client_id: ctx.client_id(key),
+            peer,
+            connected_at: Instant::now(),
+            session: RefCell::new(Session::new(
+                Limits {
+                    max_message_size: ctx.shared.max_message_size,
+                },
+                deflate,
+            )),
+            out: RefCell::new(OutQueue::default()),
+            writer: LocalNotify::default(),
+            drained: LocalNotify::default(),
+            kill: LocalNotify::default(),
+            closing: Cell::new(false),
+            dead: Cell::new(false),
+            last_seen: Cell::new(ctx.tick.get()),
+            close_code: Cell::new(None),
+            max_backpressure: cfg.max_backpressure,
+            compression_threshold: cfg.compression_threshold,
+            connected_wall: std::time::SystemTime::now(),
+            client: RefCell::new(Default::default()),
+            msgs_in: Cell::new(0),
+            msgs_out: Cell::new(0),
+        })
+    }
+
     fn wake_writer(&self) {
         self.writer.notify();
     }
@@ -124,6 +157,18 @@ impl Conn {
             self.close_with(
                 close::POLICY,
                 "slow consumer: outbound queue over max_backpressure",
+            );
+            ctx.seclog.log(
+                super::seclog::SecEvent::SlowConsumer,
+                ctx.id,
+                self.peer,
+                &self.client_id,
+                || {
+                    format!(
+                        "{queued} bytes queued, max_backpressure {}",
+                        self.max_backpressure
+                    )
+                },
             );
             ctx.shared.events.emit(|| Event::ClientError {
                 client_id: self.client_id.clone(),
@@ -219,33 +264,7 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     }
     // From here on we hold one slot of max_connections (taken in handshake_phase).
     let cfg = &ctx.shared.config;
-    let key = ctx.next_key();
-    let conn = Rc::new(Conn {
-        key,
-        client_id: ctx.client_id(key),
-        peer,
-        connected_at: Instant::now(),
-        session: RefCell::new(Session::new(
-            Limits {
-                max_message_size: ctx.shared.max_message_size,
-            },
-            deflate,
-        )),
-        out: RefCell::new(OutQueue::default()),
-        writer: LocalNotify::default(),
-        drained: LocalNotify::default(),
-        kill: LocalNotify::default(),
-        closing: Cell::new(false),
-        dead: Cell::new(false),
-        last_seen: Cell::new(ctx.tick.get()),
-        close_code: Cell::new(None),
-        max_backpressure: cfg.max_backpressure,
-        compression_threshold: cfg.compression_threshold,
-        connected_wall: std::time::SystemTime::now(),
-        client: RefCell::new(Default::default()),
-        msgs_in: Cell::new(0),
-        msgs_out: Cell::new(0),
-    });
+    let conn = Conn::new(&ctx, peer, deflate);
     ctx.insert(conn.clone());
     // Releases the slot (registry entry, max_connections count) however this
     // task ends, a panic in a handler included.
@@ -263,11 +282,21 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
         conn.send_text(super::dispatch::welcome(&ctx, &conn.client_id));
         if cfg.enable_authentication {
             let (c, timeout) = (Rc::downgrade(&conn), cfg.auth_timeout);
+            let shard = Rc::downgrade(&ctx);
             tokio::task::spawn_local(async move {
                 tokio::time::sleep(timeout).await;
                 if let Some(c) = c.upgrade() {
                     if !c.client.borrow().authenticated {
                         c.close_with(close::POLICY, "authentication timeout");
+                        if let Some(ctx) = shard.upgrade() {
+                            ctx.seclog.log(
+                                super::seclog::SecEvent::AuthTimeout,
+                                ctx.id,
+                                c.peer,
+                                &c.client_id,
+                                || format!("not authenticated within {timeout:?}"),
+                            );
+                        }
                     }
                 }
             });
@@ -456,7 +485,13 @@ async fn read_loop<S: Stream>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    debug!(client = %conn.client_id, error = %e, "protocol error");
+                    ctx.seclog.log(
+                        super::seclog::SecEvent::ProtocolError,
+                        ctx.id,
+                        conn.peer,
+                        &conn.client_id,
+                        || format!("{e} (close {})", e.close_code()),
+                    );
                     conn.session
                         .borrow_mut()
                         .fail(&e, &mut conn.out.borrow_mut());

@@ -1,42 +1,48 @@
 //! The WebSocketHandler protocol on a shard: one function per message type.
 //!
-//! Runs on the shard that owns the connection. A text message is copied into
-//! the shard's scratch buffer and parsed in place by simd-json (borrowed
-//! values: strings point into the scratch buffer); replies on the hot paths
-//! (`data`, `publish`, `heartbeat`) are written field by field. Calls that
-//! must wait (handlers, routed requests) become local tasks or entries in the
-//! shard's call tables; nothing here blocks.
+//! Runs on the shard that owns the connection. A text message is validated
+//! once by [`scan`] (depth bound, no lone surrogates, no duplicate keys) and
+//! read through the spans it leaves: `data`, `params` and every other value
+//! a client sent are stored and forwarded as the bytes it sent, never a
+//! re-serialised value, so what a client wrote is what every reader gets.
+//! Replies on the hot paths (`data`, `publish`, `heartbeat`) are written
+//! field by field. Calls that must wait (handlers, routed requests) become
+//! local tasks or entries in the shard's call tables, each bounded per
+//! connection; nothing here blocks.
+//!
+//! Every refusal of a message goes through [`ShardCtx::refuse`], which echoes
+//! the message's `requestId`, so a client waiting on an id fails at once.
 
-use std::rc::Rc;
+use std::borrow::Cow;
+use std::hash::BuildHasher;
+use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use simd_json::prelude::*;
-use simd_json::BorrowedValue as Value;
 use subtle::ConstantTimeEq;
 
-use super::client::InStream;
+use super::client::{Grant, InStream};
 use super::conn::Conn;
+use super::seclog::SecEvent;
 use super::{CallResult, Served, ShardCtx, ShardMsg, Target, Waiting};
 use crate::api::{CallContext, CallKind, Registrant};
 use crate::events::Event;
 use crate::protocol::json::Obj;
+use crate::protocol::kind::{Feature, MsgType};
+use crate::protocol::scan::{self, Field, Msg, ScanError, WrongType};
 use crate::protocol::{stream, topic, ErrorCode, SERVER_VERSION};
 use crate::ws::close;
 
-/// Write a borrowed value as JSON text.
-fn raw(v: &Value) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    v.write(&mut out).expect("writing to a Vec cannot fail");
-    out
-}
+/// A refusal was sent to the client; the handler stops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused;
 
-fn to_serde(v: &Value) -> serde_json::Value {
-    serde_json::from_slice(&raw(v)).unwrap_or(serde_json::Value::Null)
-}
+type Handled = Result<(), Refused>;
 
-fn str_field<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
-    v.get(k).and_then(|x| x.as_str())
+/// Parse a span the scanner validated into a `serde_json` value (exact:
+/// serde_json keeps number text and key order in this build).
+fn to_serde(raw: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(raw).unwrap_or(serde_json::Value::Null)
 }
 
 /// The `welcome` message sent on connect.
@@ -57,8 +63,60 @@ pub(crate) fn welcome(ctx: &ShardCtx, client_id: &str) -> Bytes {
         .finish()
 }
 
+/// Counts one pending request of a connection while it lives.
+#[derive(Debug)]
+pub(crate) struct PendingGuard {
+    conn: Weak<Conn>,
+    served: bool,
+}
+
+impl PendingGuard {
+    fn calls(conn: &Rc<Conn>) -> PendingGuard {
+        conn.client.borrow_mut().pending_calls += 1;
+        PendingGuard {
+            conn: Rc::downgrade(conn),
+            served: false,
+        }
+    }
+
+    fn served(conn: &Rc<Conn>) -> PendingGuard {
+        conn.client.borrow_mut().pending_served += 1;
+        PendingGuard {
+            conn: Rc::downgrade(conn),
+            served: true,
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.upgrade() {
+            if let Ok(mut st) = c.client.try_borrow_mut() {
+                let n = if self.served {
+                    &mut st.pending_served
+                } else {
+                    &mut st.pending_calls
+                };
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Marks a connection's `server.status` / `store.query` as in flight.
+struct HeavyGuard(Rc<Conn>);
+
+impl Drop for HeavyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.client.try_borrow_mut() {
+            st.heavy_in_flight = false;
+        }
+    }
+}
+
 impl ShardCtx {
-    /// Send an `error` reply; closes the connection (1008) past
+    /// Send an `error` that answers no particular message (a binary frame,
+    /// a stream chunk); closes the connection (1008) past
     /// `max_errors_per_minute`.
     pub(crate) fn send_error(
         &self,
@@ -67,16 +125,63 @@ impl ShardCtx {
         message: &str,
         extra: impl FnOnce(Obj) -> Obj,
     ) {
-        let o = Obj::typed("error")
+        self.error_reply(conn, None, code, message, extra);
+    }
+
+    /// Refuse message `m` with an `error` that echoes its `requestId`.
+    fn refuse(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'_>,
+        code: ErrorCode,
+        message: &str,
+        extra: impl FnOnce(Obj) -> Obj,
+    ) -> Refused {
+        self.error_reply(conn, Some(m), code, message, extra);
+        Refused
+    }
+
+    fn error_reply(
+        &self,
+        conn: &Rc<Conn>,
+        m: Option<&Msg<'_>>,
+        code: ErrorCode,
+        message: &str,
+        extra: impl FnOnce(Obj) -> Obj,
+    ) {
+        let mut o = Obj::typed("error")
             .str("code", code.as_str())
             .str("message", message);
+        if let Some(id) = m.and_then(|m| m.get("requestId")) {
+            if id.is_str() || id.is_number() {
+                o = o.raw("requestId", id.raw());
+            }
+        }
         conn.send_text(extra(o).finish());
+        self.count_error(conn);
+    }
+
+    /// Count an error against the connection's budget; close it (1008)
+    /// when it is spent.
+    fn count_error(&self, conn: &Rc<Conn>) {
         let over = conn
             .client
             .borrow_mut()
             .note_error(self.shared.config.max_errors_per_minute);
         if over {
             conn.close_with(close::POLICY, "too many errors");
+            self.seclog.log(
+                SecEvent::ErrorBudget,
+                self.id,
+                conn.peer,
+                &conn.client_id,
+                || {
+                    format!(
+                        "more than {} error replies in a minute",
+                        self.shared.config.max_errors_per_minute
+                    )
+                },
+            );
             self.shared.events.emit(|| Event::ClientError {
                 client_id: conn.client_id.clone(),
                 message: "too many errors per minute".into(),
@@ -87,157 +192,364 @@ impl ShardCtx {
 
     /// A text message in protocol mode.
     pub(crate) fn on_text(&self, conn: &Rc<Conn>, text: Bytes) {
-        let mut scratch = std::mem::take(&mut *self.scratch.borrow_mut());
-        let mut buffers = std::mem::take(&mut *self.json_buffers.borrow_mut());
-        scratch.clear();
-        scratch.extend_from_slice(&text);
-        // The parser's buffers are the shard's, reused from message to
-        // message: no allocation for them per message.
-        match simd_json::to_borrowed_value_with_buffers(&mut scratch, &mut buffers) {
-            Ok(v) => self.on_value(conn, &v, &text),
-            Err(e) => self.send_error(
-                conn,
-                ErrorCode::InvalidJson,
-                &format!("Invalid JSON: {e}"),
-                |o| o,
-            ),
+        // The member list is the shard's, reused from message to message.
+        let mut members = std::mem::take(&mut *self.members.borrow_mut());
+        match scan::scan(&text, self.shared.config.max_json_depth, &mut members) {
+            Ok(m) => {
+                let _ = self.on_msg(conn, &m);
+            }
+            Err(e) => self.send_error(conn, e.code(), &e.to_string(), |o| match e {
+                ScanError::TooDeep { max } => {
+                    o.str("limit", "max_json_depth").u64("max", max.into())
+                }
+                _ => o,
+            }),
         }
-        // Keep the scratch buffers unless a huge message grew them.
-        if scratch.capacity() <= 64 * 1024 {
-            *self.scratch.borrow_mut() = scratch;
-            *self.json_buffers.borrow_mut() = buffers;
+        if members.capacity() <= 1024 {
+            *self.members.borrow_mut() = members;
         }
     }
 
-    /// `text` is the message as received (the parsed value borrows from a
-    /// copy the parser rewrote).
-    fn on_value(&self, conn: &Rc<Conn>, v: &Value, text: &[u8]) {
-        if !v.is_object() {
-            return self.send_error(
+    fn on_msg(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let ty = match m.str("type") {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(self.refuse(
+                    conn,
+                    m,
+                    ErrorCode::UnknownType,
+                    "Missing message type",
+                    |o| o,
+                ))
+            }
+            Err(_) => {
+                return Err(self.refuse(
+                    conn,
+                    m,
+                    ErrorCode::UnknownType,
+                    "The message type must be a string",
+                    |o| o,
+                ))
+            }
+        };
+        let Some(kind) = MsgType::parse(&ty) else {
+            return Err(self.refuse(
                 conn,
-                ErrorCode::InvalidMessage,
-                "A message must be a JSON object",
+                m,
+                ErrorCode::UnknownType,
+                &format!("Unknown message type: {}", clip(&ty, 64)),
                 |o| o,
-            );
-        }
-        let Some(ty) = str_field(v, "type") else {
-            return self.send_error(conn, ErrorCode::UnknownType, "Missing message type", |o| o);
+            ));
         };
         let cfg = &self.shared.config;
         if cfg.enable_authentication
+            && !kind.allowed_before_auth()
             && !conn.client.borrow().authenticated
-            && !matches!(ty, "handshake" | "auth" | "heartbeat")
         {
-            return self.send_error(
+            return Err(self.refuse(
                 conn,
+                m,
                 ErrorCode::Unauthenticated,
                 "Authentication required",
                 |o| o,
-            );
+            ));
         }
-        let disabled = |on: bool| !on;
-        match ty {
-            "heartbeat" => conn.send_text(Obj::typed("heartbeat_response").now().finish()),
-            "handshake" => self.on_handshake(conn, v),
-            "auth" => self.on_auth(conn, v),
-            "data" | "sensor_data" => self.on_data(conn, v, ty == "sensor_data", text),
-            "request" if disabled(cfg.enable_request_response) => {
-                self.feature_off(conn, "request-response")
+        if let Some(f) = kind.feature() {
+            let on = match f {
+                Feature::RequestResponse => cfg.enable_request_response,
+                Feature::Rpc => cfg.enable_rpc,
+                Feature::PubSub => cfg.enable_pub_sub,
+                Feature::Streaming => cfg.enable_streaming,
+            };
+            if !on {
+                return Err(self.refuse(
+                    conn,
+                    m,
+                    ErrorCode::FeatureDisabled,
+                    &format!("The {} feature is disabled", f.as_str()),
+                    |o| o.str("feature", f.as_str()),
+                ));
             }
-            "request" => self.on_call(conn, v, CallKind::Endpoint),
-            "rpc_call" if disabled(cfg.enable_rpc) => self.feature_off(conn, "rpc"),
-            "rpc_call" => self.on_call(conn, v, CallKind::Method),
-            "response" | "rpc_response" => self.on_client_response(conn, v),
-            "register" | "unregister" => self.on_register(conn, v, ty == "register"),
-            "subscribe" | "unsubscribe" | "publish" if disabled(cfg.enable_pub_sub) => {
-                self.feature_off(conn, "pub-sub")
+        }
+        match kind {
+            MsgType::Heartbeat => {
+                conn.send_text(Obj::typed("heartbeat_response").now().finish());
+                Ok(())
             }
-            "subscribe" => self.on_subscribe(conn, v, true),
-            "unsubscribe" => self.on_subscribe(conn, v, false),
-            "publish" => self.on_publish(conn, v, text),
-            "stream_start" | "stream_data" | "stream_end" if disabled(cfg.enable_streaming) => {
-                self.feature_off(conn, "streaming")
-            }
-            "stream_start" => self.on_stream_start(conn, v),
-            "stream_data" => {
-                let Some(id) = str_field(v, "streamId") else {
-                    return self.missing(conn, "stream_data", "streamId");
-                };
-                let seq = v.get("sequenceNumber").and_then(|s| s.as_u64());
-                let bytes = match v.get("data") {
-                    Some(d) => match d.as_str() {
-                        Some(s) => base64_len(s),
-                        None => raw(d).len() as u64,
-                    },
-                    None => 0,
-                };
-                self.on_stream_chunk(conn, id, seq, bytes);
-            }
-            "stream_end" => self.on_stream_end(conn, v),
-            other => self.send_error(
-                conn,
-                ErrorCode::UnknownType,
-                &format!("Unknown message type: {other}"),
-                |o| o,
-            ),
+            MsgType::Handshake => self.on_handshake(conn, m),
+            MsgType::Auth => self.on_auth(conn, m),
+            MsgType::Data => self.on_data(conn, m, false),
+            MsgType::SensorData => self.on_data(conn, m, true),
+            MsgType::Request => self.on_call(conn, m, CallKind::Endpoint),
+            MsgType::RpcCall => self.on_call(conn, m, CallKind::Method),
+            MsgType::Response | MsgType::RpcResponse => self.on_client_response(conn, m, kind),
+            MsgType::Register => self.on_register(conn, m, true),
+            MsgType::Unregister => self.on_register(conn, m, false),
+            MsgType::Subscribe => self.on_subscribe(conn, m, true),
+            MsgType::Unsubscribe => self.on_subscribe(conn, m, false),
+            MsgType::Publish => self.on_publish(conn, m),
+            MsgType::StreamStart => self.on_stream_start(conn, m),
+            MsgType::StreamData => self.on_stream_data(conn, m),
+            MsgType::StreamEnd => self.on_stream_end(conn, m),
         }
     }
 
-    fn feature_off(&self, conn: &Rc<Conn>, feature: &str) {
-        self.send_error(
-            conn,
-            ErrorCode::FeatureDisabled,
-            &format!("The {feature} feature is disabled"),
-            |o| o.str("feature", feature),
-        );
-    }
+    // --- Field access: each returns the refusal already sent on error. ---
 
-    fn missing(&self, conn: &Rc<Conn>, ty: &str, field: &str) {
-        self.send_error(
+    fn bad_field(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'_>,
+        ty: MsgType,
+        field: &str,
+        why: &str,
+    ) -> Refused {
+        self.refuse(
             conn,
+            m,
             ErrorCode::InvalidMessage,
-            &format!("{ty}: missing or invalid field '{field}'"),
+            &format!("{}: field '{field}' {why}", ty.as_str()),
             |o| o.str("field", field),
-        );
+        )
     }
 
-    fn on_handshake(&self, conn: &Rc<Conn>, v: &Value) {
-        let Some(ct) = str_field(v, "clientType") else {
-            return self.missing(conn, "handshake", "clientType");
+    fn too_long(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'_>,
+        field: &str,
+        limit: &str,
+        max: usize,
+    ) -> Refused {
+        self.refuse(
+            conn,
+            m,
+            ErrorCode::LimitExceeded,
+            &format!("field '{field}' is longer than {max} bytes ({limit})"),
+            |o| {
+                o.str("field", field)
+                    .str("limit", limit)
+                    .u64("max", max as u64)
+            },
+        )
+    }
+
+    /// An optional string field, at most `max` bytes (`limit` names the setting).
+    fn opt_str<'t>(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'t>,
+        ty: MsgType,
+        field: &str,
+        (limit, max): (&str, usize),
+    ) -> Result<Option<Cow<'t, str>>, Refused> {
+        match m.str(field) {
+            Ok(Some(s)) if s.len() > max => Err(self.too_long(conn, m, field, limit, max)),
+            Ok(s) => Ok(s),
+            Err(WrongType { expected }) => {
+                Err(self.bad_field(conn, m, ty, field, &format!("must be {expected}")))
+            }
+        }
+    }
+
+    /// A required, non-empty string field.
+    fn req_str<'t>(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'t>,
+        ty: MsgType,
+        field: &str,
+        bound: (&str, usize),
+    ) -> Result<Cow<'t, str>, Refused> {
+        match self.opt_str(conn, m, ty, field, bound)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(self.bad_field(conn, m, ty, field, "is missing or empty")),
+        }
+    }
+
+    /// An id (`requestId`, `messageId`): a non-empty string or a number
+    /// (kept as written), at most `max_id_length` bytes.
+    fn opt_id(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'_>,
+        ty: MsgType,
+        field: &str,
+    ) -> Result<Option<String>, Refused> {
+        let Some(f) = m.get(field) else {
+            return Ok(None);
         };
-        if !self.shared.config.client_types.iter().any(|t| t == ct) {
-            let msg = format!(
-                "Unknown client type: {ct} (allowed: {})",
-                self.shared.config.client_types.join(", ")
+        let max = self.shared.config.max_id_length;
+        let id = if f.is_number() {
+            String::from_utf8_lossy(f.raw()).into_owned()
+        } else {
+            match f.as_str() {
+                Ok(s) if !s.is_empty() => s.into_owned(),
+                _ => {
+                    return Err(self.bad_field(
+                        conn,
+                        m,
+                        ty,
+                        field,
+                        "must be a non-empty string or a number",
+                    ))
+                }
+            }
+        };
+        if id.len() > max {
+            return Err(self.too_long(conn, m, field, "max_id_length", max));
+        }
+        Ok(Some(id))
+    }
+
+    fn req_id(
+        &self,
+        conn: &Rc<Conn>,
+        m: &Msg<'_>,
+        ty: MsgType,
+        field: &str,
+    ) -> Result<String, Refused> {
+        self.opt_id(conn, m, ty, field)?
+            .ok_or_else(|| self.bad_field(conn, m, ty, field, "is missing"))
+    }
+
+    fn id_bound(&self) -> (&'static str, usize) {
+        ("max_id_length", self.shared.config.max_id_length)
+    }
+
+    fn name_bound(&self) -> (&'static str, usize) {
+        ("max_name_length", self.shared.config.max_name_length)
+    }
+
+    fn topic_bound(&self) -> (&'static str, usize) {
+        ("max_topic_length", self.shared.config.max_topic_length)
+    }
+
+    // --- Handshake and authentication ---
+
+    /// Client types some credential is bound to: only that credential may
+    /// claim them.
+    fn reserved_type(&self, ct: &str) -> bool {
+        self.shared
+            .config
+            .auth_tokens
+            .iter()
+            .any(|t| t.client_type() == Some(ct))
+    }
+
+    /// May a connection holding `grant` be of client type `ct`?
+    fn type_allowed(&self, grant: &Grant, ct: &str) -> bool {
+        match &grant.bound_type {
+            Some(b) => b == ct,
+            None => !self.reserved_type(ct),
+        }
+    }
+
+    fn on_handshake(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let ty = MsgType::Handshake;
+        let ct = self.req_str(conn, m, ty, "clientType", self.name_bound())?;
+        let device = self.opt_str(conn, m, ty, "deviceId", self.id_bound())?;
+        let cfg = &self.shared.config;
+        let reply_fail = |msg: &str, code: Option<ErrorCode>| {
+            let mut o = Obj::typed("handshake_response")
+                .bool("success", false)
+                .str("clientId", &conn.client_id)
+                .str("message", msg);
+            if let Some(c) = code {
+                o = o.str("code", c.as_str());
+            }
+            conn.send_text(o.finish());
+        };
+        if !cfg.client_types.iter().any(|t| *t == *ct) {
+            reply_fail(
+                &format!(
+                    "Unknown client type: {} (allowed: {})",
+                    clip(&ct, 64),
+                    cfg.client_types.join(", ")
+                ),
+                None,
             );
-            return conn.send_text(
-                Obj::typed("handshake_response")
-                    .bool("success", false)
-                    .str("clientId", &conn.client_id)
-                    .str("message", &msg)
-                    .finish(),
-            );
+            return Ok(());
+        }
+        // The client type a credential allows is fixed at authentication:
+        // a later handshake cannot widen it.
+        let grant = conn.client.borrow().grant.clone();
+        if let Some(g) = grant {
+            if !self.type_allowed(&g, &ct) {
+                self.seclog.log(
+                    SecEvent::Forbidden,
+                    self.id,
+                    conn.peer,
+                    &conn.client_id,
+                    || {
+                        format!(
+                            "handshake as `{}` after authenticating for another client type",
+                            clip(&ct, 64)
+                        )
+                    },
+                );
+                reply_fail(
+                    &format!(
+                        "Client type {} is not allowed for the credential this connection authenticated with",
+                        clip(&ct, 64)
+                    ),
+                    Some(ErrorCode::Forbidden),
+                );
+                self.count_error(conn);
+                return Ok(());
+            }
         }
         {
             let mut c = conn.client.borrow_mut();
-            c.client_type = Some(ct.to_owned());
-            c.device_id = str_field(v, "deviceId").map(str::to_owned);
+            c.client_type = Some(ct.to_string());
+            c.device_id = device.map(Cow::into_owned);
         }
         conn.send_text(
             Obj::typed("handshake_response")
                 .bool("success", true)
                 .str("clientId", &conn.client_id)
-                .str("clientType", ct)
+                .str("clientType", &ct)
                 .finish(),
         );
         self.shared.events.emit(|| Event::ClientHandshake {
             client_id: conn.client_id.clone(),
-            client_type: ct.to_owned(),
+            client_type: ct.to_string(),
         });
+        Ok(())
     }
 
-    fn on_auth(&self, conn: &Rc<Conn>, v: &Value) {
+    /// The credential `token` is, if any: constant time in every entry.
+    fn credential(&self, token: &str) -> Option<Grant> {
         let cfg = &self.shared.config;
+        let t = token.as_bytes();
+        let mut found = None;
+        if let Some(a) = cfg.auth_token.as_deref() {
+            if bool::from(a.as_bytes().ct_eq(t)) {
+                found = Some(Grant {
+                    bound_type: None,
+                    scope: "token".to_owned(),
+                });
+            }
+        }
+        for (i, at) in cfg.auth_tokens.iter().enumerate() {
+            if bool::from(at.token().as_bytes().ct_eq(t)) && found.is_none() {
+                found = Some(Grant {
+                    bound_type: at.client_type().map(str::to_owned),
+                    scope: format!("token:{i}"),
+                });
+            }
+        }
+        found
+    }
+
+    fn on_auth(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let cfg = &self.shared.config;
+        let token = match m.str("token") {
+            Ok(t) => t.unwrap_or_default(),
+            Err(_) => {
+                return Err(self.bad_field(conn, m, MsgType::Auth, "token", "must be a string"))
+            }
+        };
         let reply = |ok: bool, msg: &str| {
             conn.send_text(
                 Obj::typed("auth_response")
@@ -248,37 +560,56 @@ impl ShardCtx {
         };
         if !cfg.enable_authentication {
             conn.client.borrow_mut().authenticated = true;
-            return reply(true, "Authentication not required");
+            reply(true, "Authentication not required");
+            return Ok(());
         }
-        let token = str_field(v, "token").unwrap_or("");
+        if conn.client.borrow().authenticated {
+            // What the first auth granted stays; a second one changes nothing.
+            reply(true, "Already authenticated");
+            return Ok(());
+        }
         let client_type = conn.client.borrow().client_type.clone();
-        let ok = !token.is_empty() && {
-            let t = token.as_bytes();
-            let mut ok = cfg
-                .auth_token
-                .as_deref()
-                .is_some_and(|a| bool::from(a.as_bytes().ct_eq(t)));
-            for at in &cfg.auth_tokens {
-                let type_ok = at
-                    .client_type()
-                    .is_none_or(|need| client_type.as_deref() == Some(need));
-                ok |= bool::from(at.token().as_bytes().ct_eq(t)) && type_ok;
-            }
-            ok
-        };
-        if ok {
-            conn.client.borrow_mut().authenticated = true;
+        let grant = (!token.is_empty())
+            .then(|| self.credential(&token))
+            .flatten()
+            .filter(|g| {
+                client_type
+                    .as_deref()
+                    .is_none_or(|ct| self.type_allowed(g, ct))
+            });
+        if let Some(g) = grant {
+            let mut c = conn.client.borrow_mut();
+            c.authenticated = true;
+            c.grant = Some(g);
+            drop(c);
             reply(true, "Authenticated");
             self.shared.events.emit(|| Event::ClientAuthenticated {
                 client_id: conn.client_id.clone(),
             });
-            return;
+            return Ok(());
         }
         let failures = {
             let mut c = conn.client.borrow_mut();
             c.auth_failures += 1;
             c.auth_failures
         };
+        self.seclog.log(
+            SecEvent::AuthFailed,
+            self.id,
+            conn.peer,
+            &conn.client_id,
+            || {
+                format!(
+                    "{} token (attempt {failures} of {})",
+                    if token.is_empty() {
+                        "missing"
+                    } else {
+                        "invalid"
+                    },
+                    cfg.max_auth_failures
+                )
+            },
+        );
         reply(
             false,
             if token.is_empty() {
@@ -289,41 +620,54 @@ impl ShardCtx {
         );
         if failures >= cfg.max_auth_failures {
             conn.close_with(close::POLICY, "too many failed auth attempts");
+            self.seclog.log(
+                SecEvent::AuthLockout,
+                self.id,
+                conn.peer,
+                &conn.client_id,
+                || format!("{failures} failed auth attempts"),
+            );
             self.shared.events.emit(|| Event::ClientError {
                 client_id: conn.client_id.clone(),
                 message: format!("{failures} failed auth attempts"),
                 code: close::POLICY,
             });
         }
+        Ok(())
     }
 
-    fn on_data(&self, conn: &Rc<Conn>, v: &Value, legacy: bool, text: &[u8]) {
+    // --- Data ingestion ---
+
+    fn on_data(&self, conn: &Rc<Conn>, m: &Msg<'_>, legacy: bool) -> Handled {
         let cfg = &self.shared.config;
-        // sensor_data: every field but `type` is the data.
-        let legacy_data;
-        let (data, data_type) = if legacy {
-            let mut o = simd_json::borrowed::Object::new();
-            if let Some(obj) = v.as_object() {
-                for (k, x) in obj.iter() {
-                    if k != "type" {
-                        o.insert(k.clone(), x.clone());
-                    }
-                }
-            }
-            legacy_data = Value::from(o);
-            (&legacy_data, "sensor")
+        let ty = if legacy {
+            MsgType::SensorData
         } else {
-            let Some(d) = v.get("data") else {
-                return self.missing(conn, "data", "data");
-            };
-            (d, str_field(v, "dataType").unwrap_or("generic"))
+            MsgType::Data
         };
+        // sensor_data: every field but `type` is the data, as sent.
+        let legacy_data;
+        let (data, data_type): (&[u8], Cow<'_, str>) = if legacy {
+            legacy_data = m.object_without("type");
+            (&legacy_data, Cow::Borrowed("sensor"))
+        } else {
+            let Some(d) = m.get("data") else {
+                return Err(self.bad_field(conn, m, ty, "data", "is missing"));
+            };
+            let dt = self
+                .opt_str(conn, m, ty, "dataType", self.name_bound())?
+                .unwrap_or(Cow::Borrowed("generic"));
+            (d.raw(), dt)
+        };
+        let table_name = self.opt_str(conn, m, ty, "table", self.name_bound())?;
+        let message_id = self.opt_id(conn, m, ty, "messageId")?;
         if cfg.enable_data_validation && !cfg.required_fields.is_empty() {
+            let d = Field::from_validated(data);
             let missing: Vec<&str> = cfg
                 .required_fields
                 .iter()
                 .map(String::as_str)
-                .filter(|f| data.get(*f).is_none())
+                .filter(|f| d.get(f).is_none())
                 .collect();
             if !missing.is_empty() {
                 let mut list = Vec::new();
@@ -335,7 +679,7 @@ impl ShardCtx {
                     crate::protocol::json::write_str(&mut list, f);
                 }
                 list.push(b']');
-                return conn.send_text(
+                conn.send_text(
                     Obj::typed("data_response")
                         .bool("success", false)
                         .str(
@@ -346,37 +690,41 @@ impl ShardCtx {
                         .now()
                         .finish(),
                 );
+                return Ok(());
             }
         }
         let ts = crate::protocol::json::now_shared();
-        let table = match str_field(v, "table") {
+        let table = match table_name.as_deref() {
             None => &self.tables[0],
             Some(t) if let Some(known) = self.tables.iter().find(|k| &***k == t) => known,
             Some(t) => {
-                return conn.send_text(
+                conn.send_text(
                     Obj::typed("data_response")
                         .bool("success", false)
                         .str("message", &format!("Table not allowed: {t}"))
                         .str("timestamp", &ts)
                         .finish(),
-                )
+                );
+                return Ok(());
             }
         };
         match &self.shared.store {
             Some(store) => {
-                let message_id = v.get("messageId").and_then(id_string);
-                let device = conn.client.borrow().device_id.clone();
-                // `data` as sent, when it is there verbatim (not sensor_data).
-                let data_text = if legacy {
-                    None
-                } else {
-                    crate::protocol::json::member_span(text, "data")
+                let (device, scope) = {
+                    let c = conn.client.borrow();
+                    (
+                        c.device_id.clone(),
+                        c.grant
+                            .as_ref()
+                            .map(|g| g.scope.clone())
+                            .unwrap_or_default(),
+                    )
                 };
                 let body = self.record_body(
                     conn,
-                    data_type,
+                    &data_type,
                     &ts,
-                    (data, data_text),
+                    data,
                     device.as_deref(),
                     message_id.as_deref(),
                 );
@@ -386,8 +734,11 @@ impl ShardCtx {
                     ticket,
                     table: table.clone(),
                     body,
-                    dedup: message_id
-                        .map(|m| (device.unwrap_or_else(|| conn.client_id.clone()), m)),
+                    dedup: message_id.map(|m| crate::store::DedupKey {
+                        scope,
+                        device: device.unwrap_or_else(|| conn.client_id.clone()),
+                        message: m,
+                    }),
                 };
                 self.pending_store.borrow_mut().insert(
                     ticket,
@@ -409,21 +760,23 @@ impl ShardCtx {
         self.shared.events.emit(|| Event::DataReceived {
             client_id: conn.client_id.clone(),
             client_type: conn.client.borrow().client_type.clone(),
-            data_type: data_type.to_owned(),
+            data_type: data_type.to_string(),
             data: to_serde(data),
             timestamp: ts.to_string(),
         });
+        Ok(())
     }
 
     /// The stored form of a record, without `insertId` (the writer adds it).
-    /// Encrypted fields are sealed here, on the shard, so encryption runs
-    /// in parallel across shards and plaintext never reaches the writer.
+    /// `data` goes in as the client sent it. Encrypted fields are sealed
+    /// here, on the shard, so encryption runs in parallel across shards and
+    /// plaintext never reaches the writer.
     fn record_body(
         &self,
         conn: &Rc<Conn>,
         data_type: &str,
         ts: &str,
-        (data, data_text): (&Value, Option<&[u8]>),
+        data: &[u8],
         device: Option<&str>,
         message_id: Option<&str>,
     ) -> Vec<u8> {
@@ -446,11 +799,7 @@ impl ShardCtx {
             .str("timestamp", ts)
             .opt_str("deviceId", device)
             .opt_str("messageId", message_id)
-            .raw_with("data", |buf| match (sealed, data_text) {
-                (Some(json), _) => buf.extend_from_slice(&json),
-                (None, Some(text)) => buf.extend_from_slice(text),
-                (None, None) => data.write(buf).expect("writing to a Vec cannot fail"),
-            })
+            .raw("data", sealed.as_deref().unwrap_or(data))
             .finish_vec()
     }
 
@@ -475,6 +824,8 @@ impl ShardCtx {
 
     /// The writer stored (or failed) records from this shard: answer them.
     pub(crate) fn on_store_done(&self, done: Vec<crate::store::Completion>) {
+        let mut failed = 0usize;
+        let mut first_error = None;
         for c in done {
             let pending = self.pending_store.borrow_mut().remove(&c.ticket);
             let Some(p) = pending else {
@@ -507,14 +858,22 @@ impl ShardCtx {
                     }
                 }
                 Err(message) => {
+                    // The detail (it may name server paths) stays in the
+                    // log and the event; the client learns only that
+                    // nothing was stored.
                     if let Some(conn) = &conn {
                         conn.send_text(
                             Obj::typed("data_response")
                                 .bool("success", false)
-                                .str("message", &message)
+                                .str("code", ErrorCode::StorageUnavailable.as_str())
+                                .str("message", "Storage unavailable: the record was not stored")
                                 .str("timestamp", &p.timestamp)
                                 .finish(),
                         );
+                    }
+                    failed += 1;
+                    if first_error.is_none() {
+                        first_error = Some(message.clone());
                     }
                     self.shared.events.emit(|| Event::DatabaseError {
                         client_id: client_id(),
@@ -523,6 +882,9 @@ impl ShardCtx {
                     });
                 }
             }
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(shard = self.id, records = failed, error = %e, "store write failed");
         }
         // Room in the writer's queue again: move parked records over.
         if self.store_blocked.get() {
@@ -552,7 +914,13 @@ impl ShardCtx {
     }
 
     /// `store.query` for service clients: a range read off the shard thread.
-    fn store_query(&self, conn: &Rc<Conn>, request_id: String, data: Option<&Value>) {
+    fn store_query(
+        &self,
+        conn: &Rc<Conn>,
+        request_id: String,
+        data: Option<Field<'_>>,
+        guard: (PendingGuard, HeavyGuard),
+    ) {
         let Some(store) = self.shared.store.clone() else {
             return send_result(
                 conn,
@@ -562,7 +930,9 @@ impl ShardCtx {
                 &json_string("Persistence is off"),
             );
         };
-        let d = data.map(to_serde).unwrap_or(serde_json::Value::Null);
+        let d = data
+            .map(|d| to_serde(d.raw()))
+            .unwrap_or(serde_json::Value::Null);
         let scan = crate::store::Scan {
             table: d["table"]
                 .as_str()
@@ -576,6 +946,7 @@ impl ShardCtx {
         let key = self.shared.field_key.clone();
         let conn = conn.clone();
         tokio::task::spawn_local(async move {
+            let _guard = guard;
             let r =
                 tokio::task::spawn_blocking(move || store.store.scan(&scan, key.as_ref())).await;
             match r {
@@ -602,71 +973,95 @@ impl ShardCtx {
         });
     }
 
-    fn on_call(&self, conn: &Rc<Conn>, v: &Value, kind: CallKind) {
+    // --- Requests and RPC ---
+
+    fn on_call(&self, conn: &Rc<Conn>, m: &Msg<'_>, kind: CallKind) -> Handled {
         let (ty, name_field, data_field, reply_ty) = match kind {
-            CallKind::Endpoint => ("request", "endpoint", "data", "response"),
-            CallKind::Method => ("rpc_call", "method", "params", "rpc_response"),
+            CallKind::Endpoint => (MsgType::Request, "endpoint", "data", "response"),
+            CallKind::Method => (MsgType::RpcCall, "method", "params", "rpc_response"),
         };
-        let Some(request_id) = v.get("requestId").and_then(id_string) else {
-            return self.missing(conn, ty, "requestId");
-        };
-        let Some(name) = str_field(v, name_field) else {
-            return self.missing(conn, ty, name_field);
-        };
-        let data = v.get(data_field);
+        let request_id = self.req_id(conn, m, ty, "requestId")?;
+        let name = self.req_str(conn, m, ty, name_field, self.name_bound())?;
+        let data = m.get(data_field);
+        let body = data.map_or(&b"null"[..], |d| d.raw());
+        let cfg = &self.shared.config;
+        if conn.client.borrow().pending_calls >= cfg.max_pending_requests {
+            return Err(self.refuse(
+                conn,
+                m,
+                ErrorCode::LimitExceeded,
+                &format!(
+                    "{} requests are already waiting for an answer (max_pending_requests)",
+                    cfg.max_pending_requests
+                ),
+                |o| {
+                    o.str("limit", "max_pending_requests")
+                        .u64("max", cfg.max_pending_requests as u64)
+                },
+            ));
+        }
         self.shared.events.emit(|| match kind {
             CallKind::Endpoint => Event::Request {
                 client_id: conn.client_id.clone(),
                 request_id: request_id.clone(),
-                endpoint: name.to_owned(),
+                endpoint: name.to_string(),
             },
             CallKind::Method => Event::RpcCall {
                 client_id: conn.client_id.clone(),
                 request_id: request_id.clone(),
-                method: name.to_owned(),
+                method: name.to_string(),
             },
         });
         let is_service = conn.client.borrow().client_type.as_deref() == Some("service");
         // Built-in endpoints.
         if kind == CallKind::Endpoint {
-            match name {
+            match &*name {
                 "echo" => {
-                    let body = data.map_or_else(|| b"null".to_vec(), raw);
-                    return send_result(conn, reply_ty, &request_id, true, &body);
+                    send_result(conn, reply_ty, &request_id, true, body);
+                    return Ok(());
                 }
-                "server.status" if is_service => {
-                    let shared = self.shared.clone();
-                    let conn = conn.clone();
-                    tokio::task::spawn_local(async move {
-                        let status = crate::server::collect_status(&shared).await;
-                        let body = serde_json::to_vec(&status).expect("status serialises");
-                        send_result(&conn, "response", &request_id, true, &body);
-                    });
-                    return;
+                "server.status" | "store.query" if !is_service => {
+                    let err = json_string(&format!("{name} is for service clients"));
+                    send_result(conn, reply_ty, &request_id, false, &err);
+                    return Ok(());
                 }
-                "store.query" if is_service => return self.store_query(conn, request_id, data),
-                "store.query" => {
-                    let err = json_string("store.query is for service clients");
-                    return send_result(conn, reply_ty, &request_id, false, &err);
-                }
-                "server.status" => {
-                    let err = json_string("server.status is for service clients");
-                    return send_result(conn, reply_ty, &request_id, false, &err);
+                "server.status" | "store.query" => {
+                    // One at a time per connection: each may be large.
+                    if conn.client.borrow().heavy_in_flight {
+                        return Err(self.refuse(
+                            conn,
+                            m,
+                            ErrorCode::LimitExceeded,
+                            &format!(
+                                "{name}: one server.status or store.query at a time per connection"
+                            ),
+                            |o| o.str("limit", "heavy_requests_in_flight").u64("max", 1),
+                        ));
+                    }
+                    conn.client.borrow_mut().heavy_in_flight = true;
+                    let guard = (PendingGuard::calls(conn), HeavyGuard(conn.clone()));
+                    if name == "store.query" {
+                        self.store_query(conn, request_id, data, guard);
+                    } else {
+                        self.server_status(conn, request_id, guard);
+                    }
+                    return Ok(());
                 }
                 _ => {}
             }
         }
-        if let Some(h) = self.shared.registry.handler(kind, name) {
+        if let Some(h) = self.shared.registry.handler(kind, &name) {
             let cc = CallContext {
                 client_id: conn.client_id.clone(),
                 client_type: conn.client.borrow().client_type.clone(),
-                name: name.to_owned(),
+                name: name.to_string(),
             };
-            let arg = data.map_or(serde_json::Value::Null, to_serde);
-            let fut = std::panic::AssertUnwindSafe(h(cc, arg)).catch_unwind();
-            let timeout = self.shared.config.request_timeout;
+            let fut = std::panic::AssertUnwindSafe(h(cc, to_serde(body))).catch_unwind();
+            let timeout = cfg.request_timeout;
             let conn = conn.clone();
+            let guard = PendingGuard::calls(&conn);
             tokio::task::spawn_local(async move {
+                let _guard = guard;
                 let (ok, body) = match tokio::time::timeout(timeout, fut).await {
                     Ok(Ok(Ok(value))) => {
                         (true, serde_json::to_vec(&value).expect("value serialises"))
@@ -680,9 +1075,9 @@ impl ShardCtx {
                 };
                 send_result(&conn, reply_ty, &request_id, ok, &body);
             });
-            return;
+            return Ok(());
         }
-        if let Some(reg) = self.shared.registry.service(kind, name) {
+        if let Some(reg) = self.shared.registry.service(kind, &name) {
             let call_id = self.next_call_id();
             self.calls.borrow_mut().insert(
                 call_id,
@@ -690,28 +1085,55 @@ impl ShardCtx {
                     key: conn.key,
                     request_id,
                     reply_ty,
+                    _pending: PendingGuard::calls(conn),
                 },
             );
-            let body = Bytes::from(data.map_or_else(|| b"null".to_vec(), raw));
             self.send_to_shard(
                 reg.shard,
                 ShardMsg::Forward {
                     key: reg.key,
                     kind,
-                    name: name.to_owned(),
-                    body,
+                    name: name.into_owned(),
+                    body: Bytes::copy_from_slice(body),
                     reply_shard: self.id,
                     call_id,
                 },
             );
             self.arm_call_timeout(call_id);
-            return;
+            return Ok(());
         }
         let what = match kind {
             CallKind::Endpoint => format!("Unknown endpoint: {name}"),
             CallKind::Method => format!("Method not found: {name}"),
         };
         send_result(conn, reply_ty, &request_id, false, &json_string(&what));
+        Ok(())
+    }
+
+    /// `server.status` for a service client: at most `status_max_clients`
+    /// clients listed.
+    fn server_status(
+        &self,
+        conn: &Rc<Conn>,
+        request_id: String,
+        guard: (PendingGuard, HeavyGuard),
+    ) {
+        let shared = self.shared.clone();
+        let conn = conn.clone();
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            let mut status = crate::server::collect_status(&shared).await;
+            let max = shared.config.status_max_clients;
+            let total = status.clients.len();
+            status.clients.truncate(max);
+            let mut v = serde_json::to_value(&status).expect("status serialises");
+            if total > max {
+                v["clientsTruncated"] = serde_json::Value::Bool(true);
+                v["clientsListed"] = max.into();
+            }
+            let body = serde_json::to_vec(&v).expect("status serialises");
+            send_result(&conn, "response", &request_id, true, &body);
+        });
     }
 
     fn arm_call_timeout(&self, call_id: u64) {
@@ -732,92 +1154,6 @@ impl ShardCtx {
                 }
             }
         });
-    }
-
-    /// A routed call arrived for a registrant on this shard.
-    pub(crate) fn on_forward(
-        &self,
-        key: u64,
-        kind: CallKind,
-        name: String,
-        body: Bytes,
-        reply_shard: usize,
-        call_id: u64,
-    ) {
-        let Some(conn) = self.conn(key) else {
-            let err = Bytes::from(json_string("Service unavailable"));
-            return self.send_to_shard(
-                reply_shard,
-                ShardMsg::CallResult(CallResult {
-                    call_id,
-                    ok: false,
-                    body: err,
-                }),
-            );
-        };
-        self.issue_request(
-            &conn,
-            kind,
-            &name,
-            &body,
-            Target::Remote {
-                shard: reply_shard,
-                call_id,
-            },
-        );
-    }
-
-    /// Send a server-initiated `request`/`rpc_call` to a local client and
-    /// remember where its answer goes. Returns the server request id.
-    pub(crate) fn issue_request(
-        &self,
-        conn: &Rc<Conn>,
-        kind: CallKind,
-        name: &str,
-        body: &[u8],
-        target: Target,
-    ) -> String {
-        let srv_id = format!("srv-{}-{}", self.id, self.next_call_id());
-        let msg = match kind {
-            CallKind::Endpoint => Obj::typed("request")
-                .str("requestId", &srv_id)
-                .str("endpoint", name)
-                .raw("data", body),
-            CallKind::Method => Obj::typed("rpc_call")
-                .str("requestId", &srv_id)
-                .str("method", name)
-                .raw("params", body),
-        };
-        self.served.borrow_mut().insert(
-            srv_id.clone(),
-            Served {
-                key: conn.key,
-                target,
-            },
-        );
-        conn.send_text(msg.finish());
-        srv_id
-    }
-
-    /// A client answered a server-initiated request.
-    fn on_client_response(&self, conn: &Rc<Conn>, v: &Value) {
-        let Some(id) = v.get("requestId").and_then(id_string) else {
-            return self.missing(conn, "response", "requestId");
-        };
-        let Some(served) = self.served.borrow_mut().remove(&id) else {
-            return; // late or unknown: nothing waits for it
-        };
-        let ok = v.get("success").and_then(|s| s.as_bool()).unwrap_or(true);
-        let body = if ok {
-            v.get("data").map_or_else(|| b"null".to_vec(), raw)
-        } else {
-            match v.get("error") {
-                Some(e) if e.is_str() => raw(e),
-                Some(e) => json_string(&String::from_utf8_lossy(&raw(e))),
-                None => json_string("Request failed"),
-            }
-        };
-        self.complete(served.target, ok, Bytes::from(body));
     }
 
     /// Deliver a call's result to whoever waits for it.
@@ -849,79 +1185,272 @@ impl ShardCtx {
         }
     }
 
-    fn on_register(&self, conn: &Rc<Conn>, v: &Value, register: bool) {
-        let ty = if register { "register" } else { "unregister" };
-        let kind = match str_field(v, "kind") {
-            Some("endpoint") => CallKind::Endpoint,
-            Some("method") => CallKind::Method,
-            _ => return self.missing(conn, ty, "kind"),
+    /// A routed call arrived for a registrant on this shard.
+    pub(crate) fn on_forward(
+        &self,
+        key: u64,
+        kind: CallKind,
+        name: String,
+        body: Bytes,
+        reply_shard: usize,
+        call_id: u64,
+    ) {
+        let target = Target::Remote {
+            shard: reply_shard,
+            call_id,
         };
-        let Some(name) = str_field(v, "name").filter(|n| !n.is_empty()) else {
-            return self.missing(conn, ty, "name");
+        match self.conn(key) {
+            Some(conn) => {
+                self.issue_request(&conn, kind, &name, &body, target);
+            }
+            None => self.complete(
+                target,
+                false,
+                Bytes::from(json_string("Service unavailable")),
+            ),
+        }
+    }
+
+    /// Send a server-initiated `request`/`rpc_call` to a local client and
+    /// remember, until `request_timeout`, where its answer goes. The
+    /// request is a frame pushed from elsewhere: it obeys the client's
+    /// outbound bound like a publish (a client that does not read is closed
+    /// as a slow consumer), and at most `max_pending_requests` wait on one
+    /// client. Returns the request id, or `None` if the request failed at
+    /// once (the target has been told).
+    pub(crate) fn issue_request(
+        &self,
+        conn: &Rc<Conn>,
+        kind: CallKind,
+        name: &str,
+        body: &[u8],
+        target: Target,
+    ) -> Option<String> {
+        let max = self.shared.config.max_pending_requests;
+        if conn.client.borrow().pending_served >= max {
+            self.complete(
+                target,
+                false,
+                Bytes::from(json_string(&format!(
+                    "Service busy: {max} requests already waiting for it (max_pending_requests)"
+                ))),
+            );
+            return None;
+        }
+        // Unguessable: another connection cannot answer in its place (and
+        // an answer from another connection is refused anyway).
+        let n = self.next_call_id();
+        let srv_id = format!("srv-{}-{}-{:016x}", self.id, n, self.id_key.hash_one(n));
+        let msg = match kind {
+            CallKind::Endpoint => Obj::typed("request")
+                .str("requestId", &srv_id)
+                .str("endpoint", name)
+                .raw("data", body),
+            CallKind::Method => Obj::typed("rpc_call")
+                .str("requestId", &srv_id)
+                .str("method", name)
+                .raw("params", body),
+        }
+        .finish();
+        let frame = crate::ws::frame::encode(crate::ws::frame::OpCode::Text, false, &msg);
+        if !conn.push_external(self, true, &msg, &frame) {
+            self.complete(
+                target,
+                false,
+                Bytes::from(json_string("Service unavailable")),
+            );
+            return None;
+        }
+        self.served.borrow_mut().insert(
+            srv_id.clone(),
+            Served {
+                key: conn.key,
+                target,
+                _pending: PendingGuard::served(conn),
+            },
+        );
+        // Forget it with the caller's timeout (the caller has its own timer
+        // and answers "timed out"; this frees the entry).
+        let (me, id, timeout) = (
+            self.self_rc(),
+            srv_id.clone(),
+            self.shared.config.request_timeout,
+        );
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(timeout).await;
+            let gone = me.served.borrow_mut().remove(&id);
+            if let Some(s) = gone {
+                me.complete(
+                    s.target,
+                    false,
+                    Bytes::from(json_string("Request timed out")),
+                );
+            }
+        });
+        Some(srv_id)
+    }
+
+    /// A client answered a server-initiated request.
+    fn on_client_response(&self, conn: &Rc<Conn>, m: &Msg<'_>, ty: MsgType) -> Handled {
+        let id = self.req_id(conn, m, ty, "requestId")?;
+        let ok = match m.bool("success") {
+            Ok(s) => s.unwrap_or(true),
+            Err(_) => return Err(self.bad_field(conn, m, ty, "success", "must be true or false")),
         };
-        let reply = |ok: bool, msg: Option<&str>| {
-            conn.send_text(
-                Obj::typed(if register {
-                    "register_response"
-                } else {
-                    "unregister_response"
-                })
-                .bool("success", ok)
-                .str("kind", kind.as_str())
-                .str("name", name)
-                .opt_str("message", msg)
-                .finish(),
-            )
+        // Only the connection the request went to may answer it.
+        let served = {
+            let mut served = self.served.borrow_mut();
+            match served.get(&id) {
+                Some(s) if s.key == conn.key => served.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(served) = served else {
+            self.seclog.log(
+                SecEvent::UnknownReply,
+                self.id,
+                conn.peer,
+                &conn.client_id,
+                || format!("{} to unknown request id `{}`", ty.as_str(), clip(&id, 64)),
+            );
+            return Err(self.refuse(
+                conn,
+                m,
+                ErrorCode::UnknownRequest,
+                "No request with this requestId is waiting for this connection's answer (late, unknown or not yours)",
+                |o| o,
+            ));
+        };
+        let body = if ok {
+            m.get("data")
+                .map_or_else(|| b"null".to_vec(), |d| d.raw().to_vec())
+        } else {
+            match m.get("error") {
+                Some(e) if e.is_str() => e.raw().to_vec(),
+                Some(e) => json_string(&String::from_utf8_lossy(e.raw())),
+                None => json_string("Request failed"),
+            }
+        };
+        self.complete(served.target, ok, Bytes::from(body));
+        Ok(())
+    }
+
+    fn on_register(&self, conn: &Rc<Conn>, m: &Msg<'_>, register: bool) -> Handled {
+        let ty = if register {
+            MsgType::Register
+        } else {
+            MsgType::Unregister
+        };
+        let kind = match m.str("kind") {
+            Ok(Some(k)) if k == "endpoint" => CallKind::Endpoint,
+            Ok(Some(k)) if k == "method" => CallKind::Method,
+            _ => {
+                return Err(self.bad_field(
+                    conn,
+                    m,
+                    ty,
+                    "kind",
+                    "must be \"endpoint\" or \"method\"",
+                ))
+            }
+        };
+        let name = self.req_str(conn, m, ty, "name", self.name_bound())?;
+        let reply = |ok: bool, msg: Option<&str>, code: Option<ErrorCode>| {
+            let mut o = Obj::typed(if register {
+                "register_response"
+            } else {
+                "unregister_response"
+            })
+            .bool("success", ok)
+            .str("kind", kind.as_str())
+            .str("name", &name)
+            .opt_str("message", msg);
+            if let Some(c) = code {
+                o = o.str("code", c.as_str());
+            }
+            conn.send_text(o.finish())
         };
         if conn.client.borrow().client_type.as_deref() != Some("service") {
-            return reply(false, Some("Only service clients may register handlers"));
+            self.seclog.log(
+                SecEvent::Forbidden,
+                self.id,
+                conn.peer,
+                &conn.client_id,
+                || format!("{} from a non-service client", ty.as_str()),
+            );
+            reply(
+                false,
+                Some("Only service clients may register handlers"),
+                Some(ErrorCode::Forbidden),
+            );
+            return Ok(());
         }
         let me = Registrant {
             shard: self.id,
             key: conn.key,
         };
-        let entry = (kind, name.to_owned());
+        let entry = (kind, name.to_string());
         if register {
-            self.shared.registry.add_service(kind, name, me);
+            self.shared.registry.add_service(kind, &name, me);
             let mut c = conn.client.borrow_mut();
             if !c.registered.contains(&entry) {
                 c.registered.push(entry);
             }
             drop(c);
-            reply(true, None);
+            reply(true, None, None);
         } else {
-            let removed = self.shared.registry.remove_service(kind, name, &me);
+            let removed = self.shared.registry.remove_service(kind, &name, &me);
             conn.client.borrow_mut().registered.retain(|e| *e != entry);
-            reply(removed, (!removed).then_some("Not registered"));
+            reply(removed, (!removed).then_some("Not registered"), None);
         }
+        Ok(())
     }
 
-    fn on_subscribe(&self, conn: &Rc<Conn>, v: &Value, subscribe: bool) {
+    // --- Pub/sub ---
+
+    fn on_subscribe(&self, conn: &Rc<Conn>, m: &Msg<'_>, subscribe: bool) -> Handled {
         let ty = if subscribe {
-            "subscribe"
+            MsgType::Subscribe
         } else {
-            "unsubscribe"
+            MsgType::Unsubscribe
         };
-        let Some(t) = str_field(v, "topic") else {
-            return self.missing(conn, ty, "topic");
-        };
-        if let Err(e) = topic::validate_pattern(t) {
-            return self.send_error(
+        let t = self.req_str(conn, m, ty, "topic", self.topic_bound())?;
+        if let Err(e) = topic::validate_pattern(&t) {
+            return Err(self.refuse(
                 conn,
+                m,
                 ErrorCode::InvalidMessage,
-                &format!("{ty}: {e}"),
+                &format!("{}: {e}", ty.as_str()),
                 |o| o.str("field", "topic"),
-            );
+            ));
         }
         let ok = if subscribe {
-            let added = self.subs.borrow_mut().insert(t, conn.key);
-            if added {
-                conn.client.borrow_mut().subs.push(t.into());
+            let max = self.shared.config.max_subscriptions_per_connection;
+            let mut c = conn.client.borrow_mut();
+            if !c.subs.contains(&*t) {
+                if c.subs.len() >= max {
+                    drop(c);
+                    return Err(self.refuse(
+                        conn,
+                        m,
+                        ErrorCode::LimitExceeded,
+                        &format!("subscribe: this connection holds {max} subscriptions already (max_subscriptions_per_connection)"),
+                        |o| {
+                            o.str("limit", "max_subscriptions_per_connection")
+                                .u64("max", max as u64)
+                                .str("topic", &t)
+                        },
+                    ));
+                }
+                c.subs.insert(t.as_ref().into());
+                self.subs.borrow_mut().insert(&t, conn.key);
             }
             true
         } else {
-            let removed = self.subs.borrow_mut().remove(t, conn.key);
-            conn.client.borrow_mut().subs.retain(|s| &**s != t);
+            let removed = conn.client.borrow_mut().subs.remove(&*t);
+            if removed {
+                self.subs.borrow_mut().remove(&t, conn.key);
+            }
             removed
         };
         let mut o = Obj::typed(if subscribe {
@@ -930,49 +1459,53 @@ impl ShardCtx {
             "unsubscribe_response"
         })
         .bool("success", ok)
-        .str("topic", t);
+        .str("topic", &t);
         if !ok {
             o = o.str("message", "Not subscribed");
         }
         conn.send_text(o.finish());
+        if !ok {
+            // Unsubscribing from what was never subscribed costs the error
+            // budget, like any other refusal.
+            self.count_error(conn);
+            return Ok(());
+        }
         self.shared.events.emit(|| {
-            let (client_id, topic) = (conn.client_id.clone(), t.to_owned());
+            let (client_id, topic) = (conn.client_id.clone(), t.to_string());
             if subscribe {
                 Event::Subscribed { client_id, topic }
             } else {
                 Event::Unsubscribed { client_id, topic }
             }
         });
+        Ok(())
     }
 
-    fn on_publish(&self, conn: &Rc<Conn>, v: &Value, text: &[u8]) {
-        let Some(t) = str_field(v, "topic") else {
-            return self.missing(conn, "publish", "topic");
-        };
-        if let Err(e) = topic::validate_publish(t) {
-            return self.send_error(
+    fn on_publish(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let ty = MsgType::Publish;
+        let t = self.req_str(conn, m, ty, "topic", self.topic_bound())?;
+        if let Err(e) = topic::validate_publish(&t) {
+            return Err(self.refuse(
                 conn,
+                m,
                 ErrorCode::InvalidMessage,
                 &format!("publish: {e}"),
                 |o| o.str("field", "topic"),
-            );
+            ));
         }
-        let data: std::borrow::Cow<'_, [u8]> = match v.get("data") {
-            None => b"null".as_slice().into(),
-            Some(d) => crate::protocol::json::member_span(text, "data")
-                .map_or_else(|| raw(d).into(), Into::into),
-        };
-        self.publish(t, &data, Some(&conn.client_id), Some(conn.key));
+        let data = m.get("data").map_or(&b"null"[..], |d| d.raw());
+        self.publish(&t, data, Some(&conn.client_id), Some(conn.key));
         conn.send_text(
             Obj::typed("publish_response")
                 .bool("success", true)
-                .str("topic", t)
+                .str("topic", &t)
                 .finish(),
         );
         self.shared.events.emit(|| Event::Published {
             client_id: conn.client_id.clone(),
-            topic: t.to_owned(),
+            topic: t.to_string(),
         });
+        Ok(())
     }
 
     /// Build the `publish` message once and deliver it on every shard.
@@ -1031,20 +1564,41 @@ impl ShardCtx {
         *self.match_buf.borrow_mut() = keys;
     }
 
-    fn on_stream_start(&self, conn: &Rc<Conn>, v: &Value) {
-        let Some(id) = str_field(v, "streamId").filter(|s| !s.is_empty()) else {
-            return self.missing(conn, "stream_start", "streamId");
+    // --- Streams ---
+
+    fn on_stream_start(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let ty = MsgType::StreamStart;
+        let id = self.req_str(conn, m, ty, "streamId", self.id_bound())?;
+        let stream_type = self
+            .opt_str(conn, m, ty, "streamType", self.name_bound())?
+            .unwrap_or(Cow::Borrowed("data"))
+            .into_owned();
+        let max = self.shared.config.max_streams_per_connection;
+        let (exists, full) = {
+            let c = conn.client.borrow();
+            (c.streams.contains_key(&*id), c.streams.len() >= max)
         };
-        let stream_type = str_field(v, "streamType").unwrap_or("data").to_owned();
-        let exists = conn.client.borrow().streams.contains_key(id);
+        if !exists && full {
+            return Err(self.refuse(
+                conn,
+                m,
+                ErrorCode::LimitExceeded,
+                &format!("stream_start: {max} streams are open on this connection already (max_streams_per_connection)"),
+                |o| {
+                    o.str("limit", "max_streams_per_connection")
+                        .u64("max", max as u64)
+                        .str("streamId", &id)
+                },
+            ));
+        }
         let mut o = Obj::typed("stream_start_response")
-            .str("streamId", id)
+            .str("streamId", &id)
             .bool("success", !exists);
         if exists {
             o = o.str("message", "Stream already active");
         } else {
             conn.client.borrow_mut().streams.insert(
-                id.to_owned(),
+                id.to_string(),
                 InStream {
                     stream_type: stream_type.clone(),
                     expected: None,
@@ -1057,31 +1611,85 @@ impl ShardCtx {
         if !exists {
             self.shared.events.emit(|| Event::StreamStarted {
                 client_id: conn.client_id.clone(),
-                stream_id: id.to_owned(),
+                stream_id: id.to_string(),
                 stream_type,
             });
         }
+        Ok(())
     }
 
-    /// One chunk of a client stream (JSON `stream_data` or a binary frame).
-    pub(crate) fn on_stream_chunk(&self, conn: &Rc<Conn>, id: &str, seq: Option<u64>, bytes: u64) {
+    fn on_stream_data(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let ty = MsgType::StreamData;
+        let id = self.req_str(conn, m, ty, "streamId", self.id_bound())?;
+        let seq = match m.u64("sequenceNumber") {
+            Ok(s) => s,
+            Err(WrongType { expected }) => {
+                return Err(self.bad_field(
+                    conn,
+                    m,
+                    ty,
+                    "sequenceNumber",
+                    &format!("must be {expected}"),
+                ))
+            }
+        };
+        let bytes = match m.get("data") {
+            None => 0,
+            Some(d) if d.is_str() => match base64_len(&d.as_str().unwrap_or_default()) {
+                Some(n) => n,
+                None => return Err(self.bad_field(
+                    conn,
+                    m,
+                    ty,
+                    "data",
+                    "is a string but not base64 (send bytes as base64, or any other JSON value)",
+                )),
+            },
+            Some(d) => d.raw().len() as u64,
+        };
+        self.on_stream_chunk(conn, Some(m), &id, seq, bytes);
+        Ok(())
+    }
+
+    /// One chunk of a client stream (JSON `stream_data`, `m`, or a binary frame).
+    fn on_stream_chunk(
+        &self,
+        conn: &Rc<Conn>,
+        m: Option<&Msg<'_>>,
+        id: &str,
+        seq: Option<u64>,
+        bytes: u64,
+    ) {
+        enum Bad {
+            Unknown,
+            Gap(u64, u64),
+            First(u64),
+            Range,
+        }
         let res = {
             let mut c = conn.client.borrow_mut();
             match c.streams.get_mut(id) {
-                None => Err(None),
+                None => Err(Bad::Unknown),
                 Some(s) => {
                     let got = seq.or(s.expected).unwrap_or(0);
                     match s.expected {
-                        Some(exp) if exp != got => Err(Some((exp, got))),
-                        _ => {
-                            s.expected = Some(got + 1);
-                            s.chunks += 1;
-                            s.bytes += bytes;
-                            Ok(got)
-                        }
+                        Some(exp) if exp != got => Err(Bad::Gap(exp, got)),
+                        None if got > 1 => Err(Bad::First(got)),
+                        _ => match got.checked_add(1) {
+                            None => Err(Bad::Range),
+                            Some(next) => {
+                                s.expected = Some(next);
+                                s.chunks += 1;
+                                s.bytes += bytes;
+                                Ok(got)
+                            }
+                        },
                     }
                 }
             }
+        };
+        let err = |code, msg: &str, extra: &dyn Fn(Obj) -> Obj| {
+            self.error_reply(conn, m, code, msg, |o| extra(o.str("streamId", id)))
         };
         match res {
             Ok(seq) => self.shared.events.emit(|| Event::StreamData {
@@ -1090,41 +1698,47 @@ impl ShardCtx {
                 sequence: seq,
                 bytes,
             }),
-            Err(None) => self.send_error(
-                conn,
+            Err(Bad::Unknown) => err(
                 ErrorCode::UnknownStream,
                 &format!("Unknown stream: {id}"),
-                |o| o.str("streamId", id),
+                &|o| o,
             ),
-            Err(Some((expected, got))) => self.send_error(
-                conn,
+            Err(Bad::Gap(expected, got)) => err(
                 ErrorCode::StreamSequence,
                 &format!("Stream {id}: expected sequenceNumber {expected}, got {got}"),
-                |o| {
-                    o.str("streamId", id)
-                        .u64("expected", expected)
-                        .u64("got", got)
-                },
+                &|o| o.u64("expected", expected).u64("got", got),
+            ),
+            Err(Bad::First(got)) => err(
+                ErrorCode::StreamSequence,
+                &format!("Stream {id}: the first sequenceNumber must be 0 or 1, got {got}"),
+                &|o| o.u64("expected", 1).u64("got", got),
+            ),
+            Err(Bad::Range) => err(
+                ErrorCode::InvalidMessage,
+                &format!(
+                    "Stream {id}: sequenceNumber {} leaves no room for a next one",
+                    u64::MAX
+                ),
+                &|o| o.str("field", "sequenceNumber"),
             ),
         }
     }
 
-    fn on_stream_end(&self, conn: &Rc<Conn>, v: &Value) {
-        let Some(id) = str_field(v, "streamId") else {
-            return self.missing(conn, "stream_end", "streamId");
-        };
-        let removed = conn.client.borrow_mut().streams.remove(id);
+    fn on_stream_end(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let id = self.req_str(conn, m, MsgType::StreamEnd, "streamId", self.id_bound())?;
+        let removed = conn.client.borrow_mut().streams.remove(&*id);
         let Some(s) = removed else {
-            return self.send_error(
+            return Err(self.refuse(
                 conn,
+                m,
                 ErrorCode::UnknownStream,
                 &format!("Unknown stream: {id}"),
-                |o| o.str("streamId", id),
-            );
+                |o| o.str("streamId", &id),
+            ));
         };
         conn.send_text(
             Obj::typed("stream_end_response")
-                .str("streamId", id)
+                .str("streamId", &id)
                 .str("streamType", &s.stream_type)
                 .bool("success", true)
                 .u64("chunks", s.chunks)
@@ -1133,10 +1747,11 @@ impl ShardCtx {
         );
         self.shared.events.emit(|| Event::StreamEnded {
             client_id: conn.client_id.clone(),
-            stream_id: id.to_owned(),
+            stream_id: id.to_string(),
             chunks: s.chunks,
             bytes: s.bytes,
         });
+        Ok(())
     }
 
     /// A binary message in protocol mode: a stream frame.
@@ -1150,10 +1765,22 @@ impl ShardCtx {
             );
         }
         if !self.shared.config.enable_streaming {
-            return self.feature_off(conn, "streaming");
+            let f = Feature::Streaming.as_str();
+            return self.send_error(
+                conn,
+                ErrorCode::FeatureDisabled,
+                &format!("The {f} feature is disabled"),
+                |o| o.str("feature", f),
+            );
         }
         match stream::parse(&b) {
-            Ok(c) => self.on_stream_chunk(conn, c.stream_id, Some(c.sequence), c.data.len() as u64),
+            Ok(c) => self.on_stream_chunk(
+                conn,
+                None,
+                c.stream_id,
+                Some(c.sequence),
+                c.data.len() as u64,
+            ),
             Err(e) => self.send_error(conn, ErrorCode::InvalidMessage, &e.to_string(), |o| o),
         }
     }
@@ -1193,7 +1820,16 @@ impl ShardCtx {
                 Bytes::from(json_string("Service disconnected")),
             );
         }
-        self.calls.borrow_mut().retain(|_, w| w.key != conn.key);
+        let gone: Vec<Waiting> = {
+            let mut calls = self.calls.borrow_mut();
+            let ids: Vec<u64> = calls
+                .iter()
+                .filter(|(_, w)| w.key == conn.key)
+                .map(|(k, _)| *k)
+                .collect();
+            ids.into_iter().filter_map(|id| calls.remove(&id)).collect()
+        };
+        drop(gone);
     }
 }
 
@@ -1223,23 +1859,26 @@ pub(crate) fn json_string(s: &str) -> Vec<u8> {
     v
 }
 
-/// Request ids may be strings or numbers; answered as strings.
-fn id_string(v: &Value) -> Option<String> {
-    if let Some(s) = v.as_str() {
-        return (!s.is_empty()).then(|| s.to_owned());
+/// At most `max` bytes of `s` (on a char boundary), for messages that
+/// quote client text.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    if v.is_number() {
-        return Some(String::from_utf8_lossy(&raw(v)).into_owned());
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    None
+    &s[..end]
 }
 
-fn base64_len(s: &str) -> u64 {
+/// Decoded length of base64 text, or `None` if it is not base64.
+fn base64_len(s: &str) -> Option<u64> {
     use base64::Engine;
-    match base64::engine::general_purpose::STANDARD.decode(s) {
-        Ok(b) => b.len() as u64,
-        Err(_) => s.len() as u64,
-    }
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .ok()
+        .map(|b| b.len() as u64)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -10,8 +10,10 @@ pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod dispatch;
 pub(crate) mod driver;
+pub(crate) mod harness;
 pub(crate) mod listen;
 pub(crate) mod notify;
+pub(crate) mod seclog;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -133,6 +135,8 @@ pub(crate) struct Waiting {
     pub(crate) key: u64,
     pub(crate) request_id: String,
     pub(crate) reply_ty: &'static str,
+    /// Counts against the caller's `max_pending_requests` while it waits.
+    pub(crate) _pending: dispatch::PendingGuard,
 }
 
 /// Where the answer to a server-issued request goes.
@@ -149,6 +153,8 @@ pub(crate) enum Target {
 pub(crate) struct Served {
     pub(crate) key: u64,
     pub(crate) target: Target,
+    /// Counts against the client's `max_pending_requests` while it waits.
+    pub(crate) _pending: dispatch::PendingGuard,
 }
 
 /// The sending side of a shard's mailbox.
@@ -213,10 +219,14 @@ pub(crate) struct ShardCtx {
     me: Weak<ShardCtx>,
     /// This shard's subscriptions.
     pub(crate) subs: RefCell<SubTrie>,
-    /// Reused buffers: JSON parsing, topic matches.
-    pub(crate) scratch: RefCell<Vec<u8>>,
-    pub(crate) json_buffers: RefCell<simd_json::Buffers>,
+    /// Reused buffers: top-level members of the message being handled,
+    /// topic matches.
+    pub(crate) members: RefCell<Vec<crate::protocol::scan::Member>>,
     pub(crate) match_buf: RefCell<Vec<u64>>,
+    /// Security events, rate-limited.
+    pub(crate) seclog: seclog::SecLog,
+    /// Secret key that makes server-issued request ids unguessable.
+    pub(crate) id_key: std::hash::RandomState,
     /// Calls made by local clients, waiting for a result from a service.
     pub(crate) calls: RefCell<HashMap<u64, Waiting>>,
     /// Requests sent to local clients, waiting for their answer.
@@ -235,6 +245,39 @@ pub(crate) struct ShardCtx {
 }
 
 impl ShardCtx {
+    /// A shard's state, before it runs: no sockets, no tasks. `run` drives
+    /// it; a test or fuzz harness can drive its handlers directly.
+    pub(crate) fn new(id: usize, shared: Arc<Shared>) -> Rc<ShardCtx> {
+        let tables = std::iter::once(&shared.config.db_table_name)
+            .chain(&shared.config.allowed_tables)
+            .map(|t| Arc::from(t.as_str()))
+            .collect();
+        Rc::new_cyclic(|me| ShardCtx {
+            id,
+            shared,
+            conns: RefCell::new(HashMap::new()),
+            next_key: Cell::new(0),
+            tick: Cell::new(0),
+            stopping: Cell::new(false),
+            stop: tokio::sync::Notify::new(),
+            conn_gone: LocalNotify::default(),
+            me: me.clone(),
+            subs: RefCell::new(SubTrie::default()),
+            members: RefCell::new(Vec::new()),
+            match_buf: RefCell::new(Vec::new()),
+            seclog: seclog::SecLog::default(),
+            id_key: std::hash::RandomState::new(),
+            calls: RefCell::new(HashMap::new()),
+            served: RefCell::new(HashMap::new()),
+            next_call: Cell::new(0),
+            tables,
+            pending_store: RefCell::new(HashMap::new()),
+            store_backlog: RefCell::new(std::collections::VecDeque::new()),
+            store_blocked: Cell::new(false),
+            store_ready: tokio::sync::Notify::new(),
+        })
+    }
+
     pub(crate) fn next_key(&self) -> u64 {
         let k = self.next_key.get();
         self.next_key.set(k + 1);
@@ -292,7 +335,11 @@ impl ShardCtx {
                     remote_address: c.peer.to_string(),
                     connected_since: humantime::format_rfc3339_millis(c.connected_wall).to_string(),
                     authenticated: st.authenticated,
-                    subscriptions: st.subs.iter().map(|s| s.to_string()).collect(),
+                    subscriptions: {
+                        let mut s: Vec<String> = st.subs.iter().map(|s| s.to_string()).collect();
+                        s.sort();
+                        s
+                    },
                     messages_in: c.msgs_in.get(),
                     messages_out: c.msgs_out.get(),
                 }
@@ -384,7 +431,8 @@ impl ShardCtx {
                 reply,
             } => match self.conn(key) {
                 Some(c) => {
-                    self.issue_request(&c, kind, &name, &body, Target::Api(reply));
+                    // Failures (busy, slow consumer) are reported to `reply`.
+                    let _ = self.issue_request(&c, kind, &name, &body, Target::Api(reply));
                 }
                 None => {
                     let _ = reply.send(Err("Client not connected".into()));
@@ -504,33 +552,7 @@ async fn run<L: Listener>(
     ready: std::sync::mpsc::Sender<Result<DriverKind, String>>,
     kind: DriverKind,
 ) {
-    let tables = std::iter::once(&shared.config.db_table_name)
-        .chain(&shared.config.allowed_tables)
-        .map(|t| Arc::from(t.as_str()))
-        .collect();
-    let ctx = Rc::new_cyclic(|me| ShardCtx {
-        id,
-        shared,
-        conns: RefCell::new(HashMap::new()),
-        next_key: Cell::new(0),
-        tick: Cell::new(0),
-        stopping: Cell::new(false),
-        stop: tokio::sync::Notify::new(),
-        conn_gone: LocalNotify::default(),
-        me: me.clone(),
-        subs: RefCell::new(SubTrie::default()),
-        scratch: RefCell::new(Vec::new()),
-        json_buffers: RefCell::new(simd_json::Buffers::default()),
-        match_buf: RefCell::new(Vec::new()),
-        calls: RefCell::new(HashMap::new()),
-        served: RefCell::new(HashMap::new()),
-        next_call: Cell::new(0),
-        tables,
-        pending_store: RefCell::new(HashMap::new()),
-        store_backlog: RefCell::new(std::collections::VecDeque::new()),
-        store_blocked: Cell::new(false),
-        store_ready: tokio::sync::Notify::new(),
-    });
+    let ctx = ShardCtx::new(id, shared);
     let mailbox_task = {
         let ctx = ctx.clone();
         tokio::task::spawn_local(async move {
@@ -614,6 +636,7 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
         interval.tick().await;
         let now = ctx.tick.get().wrapping_add(1);
         ctx.tick.set(now);
+        ctx.seclog.sweep(ctx.id);
         for c in ctx.snapshot() {
             // last_seen is the tick during which bytes last arrived; three
             // ticks later at least two full intervals have passed.

@@ -22,7 +22,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 
 pub use read::{Scan, TableStats};
-pub(crate) use writer::{Completion, WriteMsg, WriteTask};
+pub(crate) use writer::{Completion, DedupKey, WriteMsg, WriteTask};
 
 use self::crypto::FieldKey;
 

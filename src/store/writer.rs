@@ -25,8 +25,19 @@ pub(crate) struct WriteTask {
     pub(crate) table: std::sync::Arc<str>,
     /// The record as a JSON object without `insertId` (the writer adds it).
     pub(crate) body: Vec<u8>,
-    /// (deviceId, messageId) for effectively-once ingest.
-    pub(crate) dedup: Option<(String, String)>,
+    /// (scope, deviceId, messageId) for effectively-once ingest.
+    pub(crate) dedup: Option<DedupKey>,
+}
+
+/// What makes a record a repeat of an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DedupKey {
+    /// The credential the connection proved ("" without authentication).
+    pub(crate) scope: String,
+    /// deviceId (or clientId without one).
+    pub(crate) device: String,
+    /// The client's messageId.
+    pub(crate) message: String,
 }
 
 /// A message to the writer.
@@ -216,7 +227,10 @@ impl Writer {
                 ));
                 continue;
             };
-            let dkey = t.dedup.as_ref().map(|(d, m)| keys::dedup_key(d, m));
+            let dkey = t
+                .dedup
+                .as_ref()
+                .map(|d| keys::dedup_key(&d.device, &d.message));
             if let Some(k) = &dkey {
                 let earlier = match seen.get(k) {
                     Some(id) => Some(*id),

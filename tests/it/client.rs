@@ -76,6 +76,28 @@ impl Client {
         }
     }
 
+    /// The next text message exactly as the server sent it.
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no message within WAIT")
+                .expect("stream ended")
+                .expect("websocket error");
+            match m {
+                Message::Text(t) => return t.to_string(),
+                Message::Close(f) => panic!("closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Send raw text and return the next message as sent.
+    pub async fn call_raw(&mut self, text: &str) -> String {
+        self.send_raw(text).await;
+        self.recv_text().await
+    }
+
     /// Send and return the next message.
     pub async fn call(&mut self, v: Value) -> Value {
         self.send(v).await;

@@ -2,9 +2,7 @@
 //! input is split across reads and whether deflate was negotiated.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../../src/ws/mod.rs"]
-mod ws;
+use wshandler::ws;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;

@@ -1,9 +1,7 @@
 //! The upgrade request parser and decision on arbitrary bytes.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../../src/ws/mod.rs"]
-mod ws;
+use wshandler::ws;
 
 use libfuzzer_sys::fuzz_target;
 use ws::deflate;
