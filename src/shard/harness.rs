@@ -126,3 +126,231 @@ impl ProtocolHarness {
         self.conn.session.borrow().is_closing()
     }
 }
+
+/// The payload of an unmasked, uncompressed server frame.
+pub fn frame_payload(frame: &[u8]) -> &[u8] {
+    let len = frame[1] & 0x7f;
+    let start = match len {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    //! Protocol handlers without sockets: each answer is checked as the
+    //! client would read it.
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn h() -> ProtocolHarness {
+        ProtocolHarness::new(Config::default())
+    }
+
+    fn replies(h: &mut ProtocolHarness, msg: &str) -> Vec<Value> {
+        h.text(msg)
+            .iter()
+            .map(|f| serde_json::from_slice(frame_payload(f)).expect("JSON reply"))
+            .collect()
+    }
+
+    fn one(h: &mut ProtocolHarness, msg: Value) -> Value {
+        let r = replies(h, &msg.to_string());
+        assert_eq!(r.len(), 1, "{msg} -> {r:?}");
+        r.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn heartbeat_and_handshake() {
+        let mut h = h();
+        assert_eq!(
+            one(&mut h, json!({"type": "heartbeat"}))["type"],
+            "heartbeat_response"
+        );
+        let r = one(
+            &mut h,
+            json!({"type": "handshake", "clientType": "service"}),
+        );
+        assert_eq!(r["success"], true);
+        let r = one(
+            &mut h,
+            json!({"type": "handshake", "clientType": "toaster"}),
+        );
+        assert_eq!(r["success"], false);
+    }
+
+    #[test]
+    fn every_scan_refusal_has_its_code() {
+        let mut h = h();
+        for (text, code) in [
+            ("{", "invalid_json"),
+            ("[1]", "invalid_message"),
+            (r#"{"a":"\ud800"}"#, "invalid_json"),
+            (r#"{"type":"x","type":"y"}"#, "invalid_message"),
+            (&format!("{}{}", "[".repeat(65), "]".repeat(65)), "too_deep"),
+            (r#"{"no":"type"}"#, "unknown_type"),
+            (r#"{"type":7}"#, "unknown_type"),
+            (r#"{"type":"teleport"}"#, "unknown_type"),
+        ] {
+            let r = replies(&mut h, text);
+            assert_eq!(r[0]["code"], code, "{text}");
+        }
+    }
+
+    #[test]
+    fn auth_gate_and_feature_gate() {
+        let mut cfg = Config::default();
+        cfg.enable_authentication = true;
+        cfg.auth_token = Some("t".into());
+        cfg.enable_pub_sub = false;
+        let mut h = ProtocolHarness::new(cfg);
+        let r = one(
+            &mut h,
+            json!({"type": "subscribe", "topic": "a", "requestId": 1}),
+        );
+        assert_eq!(
+            (r["code"].as_str(), r["requestId"].as_i64()),
+            (Some("unauthenticated"), Some(1))
+        );
+        assert_eq!(
+            one(&mut h, json!({"type": "auth", "token": "t"}))["success"],
+            true
+        );
+        let r = one(&mut h, json!({"type": "subscribe", "topic": "a"}));
+        assert_eq!(
+            (r["code"].as_str(), r["feature"].as_str()),
+            (Some("feature_disabled"), Some("pub-sub"))
+        );
+    }
+
+    #[test]
+    fn data_without_store_and_validation() {
+        let mut cfg = Config::default();
+        cfg.required_fields = vec!["t".into()];
+        let mut h = ProtocolHarness::new(cfg);
+        assert_eq!(
+            one(&mut h, json!({"type": "data", "data": {"t": 1}}))["success"],
+            true
+        );
+        let r = one(&mut h, json!({"type": "data", "data": {"u": 1}}));
+        assert_eq!(r["missingFields"], json!(["t"]));
+        let r = one(&mut h, json!({"type": "sensor_data", "t": 2}));
+        assert_eq!(r["success"], true);
+        let r = one(&mut h, json!({"type": "data"}));
+        assert_eq!(
+            (r["code"].as_str(), r["field"].as_str()),
+            (Some("invalid_message"), Some("data"))
+        );
+    }
+
+    #[test]
+    fn requests_echo_and_unknown() {
+        let mut h = h();
+        let raw = h.text(
+            r#"{"type":"request","requestId":"r","endpoint":"echo","data":{"b":1.10,"a":[1e400]}}"#,
+        );
+        assert!(std::str::from_utf8(frame_payload(&raw[0]))
+            .unwrap()
+            .contains(r#""data":{"b":1.10,"a":[1e400]}"#));
+        let r = one(
+            &mut h,
+            json!({"type": "rpc_call", "requestId": "m", "method": "nope"}),
+        );
+        assert_eq!(r["error"], "Method not found: nope");
+        let r = one(
+            &mut h,
+            json!({"type": "response", "requestId": "srv-0-1-00", "data": 1}),
+        );
+        assert_eq!(r["code"], "unknown_request");
+    }
+
+    #[test]
+    fn pubsub_on_one_shard() {
+        let mut h = h();
+        assert_eq!(
+            one(&mut h, json!({"type": "subscribe", "topic": "a.>"}))["success"],
+            true
+        );
+        // Our own publish is not delivered back to us.
+        let r = one(
+            &mut h,
+            json!({"type": "publish", "topic": "a.b", "data": 1}),
+        );
+        assert_eq!(r["type"], "publish_response");
+        let r = one(&mut h, json!({"type": "unsubscribe", "topic": "zz"}));
+        assert_eq!(r["success"], false);
+        let r = one(&mut h, json!({"type": "subscribe", "topic": "a.*.>x"}));
+        assert_eq!(r["code"], "invalid_message");
+    }
+
+    #[test]
+    fn streams() {
+        let mut h = h();
+        assert_eq!(
+            one(&mut h, json!({"type": "stream_start", "streamId": "s"}))["success"],
+            true
+        );
+        assert!(h.text(&json!({"type": "stream_data", "streamId": "s", "sequenceNumber": 1, "data": "AAEC"}).to_string()).is_empty());
+        let r = one(
+            &mut h,
+            json!({"type": "stream_data", "streamId": "s", "sequenceNumber": 5, "data": 1}),
+        );
+        assert_eq!(
+            (r["code"].as_str(), r["expected"].as_u64()),
+            (Some("stream_sequence"), Some(2))
+        );
+        let r = one(
+            &mut h,
+            json!({"type": "stream_data", "streamId": "x", "data": 1}),
+        );
+        assert_eq!(r["code"], "unknown_stream");
+        let r = one(&mut h, json!({"type": "stream_end", "streamId": "s"}));
+        assert_eq!(
+            (r["chunks"].as_u64(), r["bytes"].as_u64()),
+            (Some(1), Some(3))
+        );
+        let bin = crate::protocol::stream::encode("s", 1, b"x");
+        let r: Value = serde_json::from_slice(frame_payload(&h.binary(&bin)[0])).unwrap();
+        assert_eq!(r["code"], "unknown_stream");
+    }
+
+    #[test]
+    fn register_needs_a_service() {
+        let mut h = h();
+        let r = one(
+            &mut h,
+            json!({"type": "register", "kind": "endpoint", "name": "x"}),
+        );
+        assert_eq!(
+            (r["success"].as_bool(), r["code"].as_str()),
+            (Some(false), Some("forbidden"))
+        );
+        one(
+            &mut h,
+            json!({"type": "handshake", "clientType": "service"}),
+        );
+        let r = one(
+            &mut h,
+            json!({"type": "register", "kind": "endpoint", "name": "x"}),
+        );
+        assert_eq!(r["success"], true);
+        let r = one(
+            &mut h,
+            json!({"type": "register", "kind": "nope", "name": "x"}),
+        );
+        assert_eq!(r["field"], "kind");
+    }
+
+    #[test]
+    fn error_budget_closes() {
+        let mut cfg = Config::default();
+        cfg.max_errors_per_minute = 2;
+        let mut h = ProtocolHarness::new(cfg);
+        for _ in 0..3 {
+            h.text("nope");
+        }
+        assert!(h.closing());
+    }
+}
