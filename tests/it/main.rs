@@ -13,4 +13,5 @@ mod handshake;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod release;
 mod store;
