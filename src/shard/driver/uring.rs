@@ -9,11 +9,12 @@
 //! pending when the listener goes: each keeps its socket open after our
 //! handle is gone, and against a peer that stays silent with its end open
 //! that is forever (issue 9 item 6: 300 silent clients held 323 fds while
-//! `/health` said 0 connections, until no connect could be accepted).
-//! So dropping a [`UringStream`] or [`UringListener`] first shuts the socket
-//! down, which completes every operation still pending on it at once (reads
-//! see end of stream, writes `EPIPE`, accepts `EINVAL`); the last reference
-//! then goes and the fd is closed, whichever close path got us here.
+//! `/health` said 0 connections; at the fd limit every new connect timed
+//! out). So dropping a [`UringStream`] or [`UringListener`] first shuts the
+//! socket down, which completes every operation still pending on it at once
+//! (reads see end of stream, writes fail with `EPIPE`, accepts fail); the
+//! last reference then goes and the fd is closed, whichever close path got
+//! us here.
 
 use std::cell::Cell;
 use std::io;
@@ -160,9 +161,9 @@ impl Stream for UringStream {
 impl Drop for UringStream {
     fn drop(&mut self) {
         // Completes any read or write still in flight, so the fd is closed
-        // now rather than when the peer next sends (module docs). Our FIN
-        // goes out as close(2) would have sent it; unread input is dropped
-        // as close(2) would have dropped it.
+        // now rather than whenever the peer next sends or closes (module
+        // docs). Our FIN goes out as close(2) would have sent it; unread
+        // input is dropped as close(2) would have dropped it.
         let _ = self.inner.shutdown(std::net::Shutdown::Both);
     }
 }
