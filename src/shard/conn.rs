@@ -430,17 +430,25 @@ async fn handshake_phase<S: Stream>(
     }
 }
 
-/// Write one buffer completely; false on error.
-async fn write_all<S: Stream>(stream: &S, mut b: Bytes) -> bool {
-    while !b.is_empty() {
-        let (res, mut v) = stream.writev(vec![b]).await;
-        b = v.pop().unwrap_or_default();
-        match res {
-            Ok(n) if n > 0 => bytes::Buf::advance(&mut b, n),
-            _ => return false,
+/// Write one buffer (a handshake-phase response) completely; false on error,
+/// or if the peer has not taken it within [`CLOSE_TIMEOUT`]: a peer that
+/// never reads cannot hold the connection open.
+async fn write_all<S: Stream>(stream: &S, b: Bytes) -> bool {
+    let write = async move {
+        let mut b = b;
+        while !b.is_empty() {
+            let (res, mut v) = stream.writev(vec![b]).await;
+            b = v.pop().unwrap_or_default();
+            match res {
+                Ok(n) if n > 0 => bytes::Buf::advance(&mut b, n),
+                _ => return false,
+            }
         }
-    }
-    true
+        true
+    };
+    tokio::time::timeout(CLOSE_TIMEOUT, write)
+        .await
+        .unwrap_or(false)
 }
 
 /// After our FIN, read and discard until the peer closes (or a short

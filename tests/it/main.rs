@@ -14,4 +14,5 @@ mod lifecycle;
 mod limits;
 mod protocol;
 mod regression;
+mod release;
 mod store;

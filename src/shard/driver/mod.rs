@@ -14,6 +14,11 @@ pub(crate) mod epoll;
 pub(crate) mod uring;
 
 /// A connected TCP stream, used from one shard thread.
+///
+/// Dropping it releases the socket at once, even if an operation on it was
+/// cut off (a read under a timeout, a write to a peer that stopped reading):
+/// every path that ends a connection relies on this to give the fd back
+/// against a peer that never closes (see [`uring`]).
 pub(crate) trait Stream: 'static {
     /// Read into `buf`'s spare capacity, first making room for `want` bytes.
     /// Returns the count read (0 at EOF) and the buffer.

@@ -1,4 +1,20 @@
 //! io_uring driver: tokio-uring's owned-buffer reads, vectored writes and accepts.
+//!
+//! # Releasing sockets
+//!
+//! An operation handed to the kernel holds its own reference to the socket,
+//! and tokio-uring never cancels one whose future is dropped: it keeps the
+//! reference until the kernel completes the operation. A read cut off by a
+//! timeout or a `select!`, a write to a peer that stopped reading, an accept
+//! pending when the listener goes: each keeps its socket open after our
+//! handle is gone, and against a peer that stays silent with its end open
+//! that is forever (issue 9 item 6: 300 silent clients held 323 fds while
+//! `/health` said 0 connections; at the fd limit every new connect timed
+//! out). So dropping a [`UringStream`] or [`UringListener`] first shuts the
+//! socket down, which completes every operation still pending on it at once
+//! (reads see end of stream, writes fail with `EPIPE`, accepts fail); the
+//! last reference then goes and the fd is closed, whichever close path got
+//! us here.
 
 use std::cell::Cell;
 use std::io;
@@ -142,7 +158,31 @@ impl Stream for UringStream {
     }
 }
 
+impl Drop for UringStream {
+    fn drop(&mut self) {
+        // Completes any read or write still in flight, so the fd is closed
+        // now rather than whenever the peer next sends or closes (module
+        // docs). Our FIN goes out as close(2) would have sent it; unread
+        // input is dropped as close(2) would have dropped it.
+        let _ = self.inner.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 pub(crate) struct UringListener(tokio_uring::net::TcpListener);
+
+impl Drop for UringListener {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // Stops listening now, though an accept may still be in flight
+        // (module docs): the socket leaves the `SO_REUSEPORT` group, so a
+        // connection arriving during the drain goes to a shard still
+        // listening, or is refused, instead of waiting in a backlog nobody
+        // accepts from.
+        // SAFETY: shutdown(2) takes no pointers; the fd is open for as long
+        // as `self.0` lives, so it names this listener and no other file.
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
 
 impl UringListener {
     pub(crate) fn from_std(l: std::net::TcpListener) -> Self {
@@ -240,6 +280,105 @@ mod tests {
             let (n, buf) = s.read(buf, 512).await;
             assert_eq!(n.unwrap(), 0);
             assert_eq!(&buf[..], b"hello world!");
+        });
+    }
+
+    /// What `/proc/self/fd/<fd>` points at (`socket:[inode]`), if open.
+    fn fd_target(fd: i32) -> Option<std::path::PathBuf> {
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+    }
+
+    /// Wait (bounded) until `fd` no longer names the socket it named
+    /// (closed, or reused for another file by a test running beside us).
+    async fn released(fd: i32, was: &std::path::Path) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if fd_target(fd).as_deref() != Some(was) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Issue 9 item 6: a stream dropped while a read or a write on it is
+    /// still in the ring (cut off by a timeout) closes its fd, though the
+    /// peer stays silent with its end open.
+    #[test]
+    fn issue9_item6_dropped_stream_releases_fd_with_op_in_flight() {
+        let Ok(rt) = runtime() else {
+            eprintln!("io_uring unavailable here; the epoll driver is tested instead");
+            return;
+        };
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+
+            // A read the peer never answers, cut off by a timeout.
+            let _silent = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let s = UringStream::new(tokio_uring::net::TcpStream::from_std(server));
+            let fd = s.inner.as_raw_fd();
+            let was = fd_target(fd).unwrap();
+            let read = s.read(BytesMut::new(), 512);
+            assert!(tokio::time::timeout(Duration::from_millis(50), read)
+                .await
+                .is_err());
+            drop(s);
+            assert!(released(fd, &was).await, "read in flight kept the fd open");
+
+            // A write to a peer that never reads, cut off once the socket
+            // buffers are full (bounded: loopback buffers hold a few MiB).
+            let _stalled = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let s = UringStream::new(tokio_uring::net::TcpStream::from_std(server));
+            let fd = s.inner.as_raw_fd();
+            let was = fd_target(fd).unwrap();
+            let chunk = Bytes::from(vec![0u8; 1 << 20]);
+            let mut blocked = false;
+            for _ in 0..1024 {
+                let write = s.writev(vec![chunk.clone()]);
+                if tokio::time::timeout(Duration::from_millis(100), write)
+                    .await
+                    .is_err()
+                {
+                    blocked = true;
+                    break;
+                }
+            }
+            assert!(blocked, "1 GiB went into a socket nobody reads");
+            drop(s);
+            assert!(released(fd, &was).await, "write in flight kept the fd open");
+        });
+    }
+
+    /// Issue 9 item 6, the listener's side: dropped with an accept in the
+    /// ring, it stops listening (connects are refused) and closes its fd.
+    #[test]
+    fn issue9_item6_dropped_listener_stops_listening_with_accept_in_flight() {
+        let Ok(rt) = runtime() else {
+            eprintln!("io_uring unavailable here; the epoll driver is tested instead");
+            return;
+        };
+        rt.block_on(async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let l = UringListener::from_std(std_listener);
+            let fd = l.0.as_raw_fd();
+            let was = fd_target(fd).unwrap();
+            assert!(tokio::time::timeout(Duration::from_millis(50), l.accept())
+                .await
+                .is_err());
+            drop(l);
+            let refused = std::net::TcpStream::connect(addr);
+            assert!(
+                refused.is_err(),
+                "a dropped listener still accepts connects"
+            );
+            assert!(
+                released(fd, &was).await,
+                "accept in flight kept the fd open"
+            );
         });
     }
 }
