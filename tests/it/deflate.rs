@@ -239,7 +239,9 @@ fn rss_kib(pid: u32) -> u64 {
 /// RSS_CONNS=2000 cargo test --test it deflate_rss_per_connection -- --ignored --nocapture
 /// ```
 ///
-/// `RSS_BIN` picks the server binary (default: the one this test built).
+/// `RSS_BIN` picks the server binary (default: the one this test built);
+/// `RSS_OLD=1` runs it once without the takeover setting, for a binary that
+/// predates it.
 /// Each of `RSS_CONNS` connections offers what browsers offer, sends one
 /// 1.2 KB compressible text message and reads its compressed echo, and
 /// stays open; the server's RSS is read idle, after the connects and after
@@ -266,37 +268,57 @@ async fn deflate_rss_per_connection() {
     // was agreed: one fresh compressor serves every connection.
     let mut tx = Compress::new_with_window_bits(Compression::default(), false, 15);
     let z = compress(&mut tx, msg.as_bytes());
-    let frame = client_frame(true, true, 1, &z);
-    for takeover in [false, true] {
+    // (label, extra setting, client offers and sends compressed)
+    const OFF: &str = "compression_context_takeover=false";
+    const ON: &str = "compression_context_takeover=true";
+    let modes: &[(&str, &[&str], bool)] = if std::env::var_os("RSS_OLD").is_some() {
+        &[("as built", &[], true)]
+    } else {
+        &[
+            ("no compression", &[], false),
+            ("takeover off", &[OFF], true),
+            ("takeover on", &[ON], true),
+            (
+                "takeover on, window 9, memLevel 1",
+                &[ON, "compression_window_bits=9", "compression_mem_level=1"],
+                true,
+            ),
+        ]
+    };
+    for &(label, settings, compressed) in modes {
         let mut cmd = without_wsh_env(std::process::Command::new(&bin_path));
         cmd.args(["serve", "--echo", "--host", "127.0.0.1", "--port", "0"])
             .args(["--shards", "2", "--log-level", "warn"])
             .args(["--set", &format!("max_connections={}", n + 100)])
-            .args(["--set", "enable_heartbeat=false"])
-            .args(["--set", &format!("compression_context_takeover={takeover}")]);
+            .args(["--set", "enable_heartbeat=false"]);
+        for kv in settings {
+            cmd.args(["--set", kv]);
+        }
+        let (frame, offer) = if compressed {
+            (
+                client_frame(true, true, 1, &z),
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            )
+        } else {
+            (client_frame(true, false, 1, msg.as_bytes()), "")
+        };
         let (mut child, addr) = spawn_listening(&mut cmd);
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         let pid = child.id();
         let idle = rss_kib(pid);
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            conns.push(
-                RawClient::connect_with(
-                    addr,
-                    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
-                )
-                .await,
-            );
+            conns.push(RawClient::connect_with(addr, offer).await);
         }
         let connected = rss_kib(pid);
         for c in &mut conns {
             c.send(&frame).await;
             let f = c.read_frame().await.unwrap();
-            assert!(f.rsv1, "the echo comes back compressed");
+            assert_eq!(f.rsv1, compressed, "the echo is compressed if agreed");
         }
         let after = rss_kib(pid);
         println!(
-            "context_takeover={takeover} conns={n}: rss idle {idle} KiB, connected {connected} KiB \
+            "{label}: conns={n}: rss idle {idle} KiB, connected {connected} KiB \
              (+{} B/conn), after one message each {after} KiB (+{} B/conn over connected)",
             (connected - idle) * 1024 / n as u64,
             after.saturating_sub(connected) * 1024 / n as u64,
