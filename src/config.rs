@@ -132,7 +132,9 @@ pub struct Config {
     /// More accepted tokens, each either a plain string or a table binding it
     /// to one client type: `["t1", { token = "t2", client_type = "service" }]`.
     /// A bound token only authenticates a client whose handshake named that
-    /// type. `WSH_AUTH_TOKENS` takes a comma-separated list of plain tokens.
+    /// type. From `WSH_AUTH_TOKENS` or `--set auth_tokens=...`: a
+    /// comma-separated list of plain tokens (`t1,t2`), or the TOML array
+    /// above for bound ones.
     /// Never printed by `Debug`. Default empty.
     pub auth_tokens: Vec<AuthToken>,
     /// Failed `auth` attempts after which the connection is closed (1008).
@@ -180,6 +182,23 @@ pub struct Config {
     /// Outbound payloads smaller than this many bytes are sent uncompressed:
     /// deflate costs more than it saves on tiny messages. Default 256.
     pub compression_threshold: usize,
+    /// Keep permessage-deflate state between messages (context takeover).
+    /// Threat: zlib state is ~463 KB per connection that has exchanged a
+    /// compressed message (measured: docs/benchmarks.md), so 10k clients
+    /// could pin gigabytes. Off, the server negotiates
+    /// `server_no_context_takeover` and `client_no_context_takeover`, and
+    /// holds zlib state only while a message is being (de)compressed.
+    /// Default false.
+    pub compression_context_takeover: bool,
+    /// Largest LZ77 window (log2 bytes) the server compresses with, and asks
+    /// clients that allow it (`client_max_window_bits`) to stay within:
+    /// bounds the window memory held per connection with context takeover.
+    /// 9..=15. Default 15.
+    pub compression_window_bits: u8,
+    /// zlib memLevel of the server's compressor: its buffers are
+    /// `2^(mem_level + 6)` symbols. Lower saves memory, costs ratio.
+    /// 1..=9. Default 8.
+    pub compression_mem_level: u8,
     /// Largest message (after reassembling fragments and decompressing) a
     /// client may send, in bytes. Checked before buffering, so a peer cannot
     /// make us allocate more than this; a larger message closes the
@@ -316,6 +335,9 @@ impl Default for Config {
             fields_to_encrypt: Vec::new(),
             enable_compression: true,
             compression_threshold: 256,
+            compression_context_takeover: false,
+            compression_window_bits: 15,
+            compression_mem_level: 8,
             max_payload_size: 10 * 1024 * 1024,
             max_backpressure: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
@@ -392,6 +414,9 @@ impl fmt::Debug for Config {
             fields_to_encrypt,
             enable_compression,
             compression_threshold,
+            compression_context_takeover,
+            compression_window_bits,
+            compression_mem_level,
             max_payload_size,
             max_backpressure,
             request_timeout,
@@ -448,6 +473,9 @@ impl fmt::Debug for Config {
             .field("fields_to_encrypt", fields_to_encrypt)
             .field("enable_compression", enable_compression)
             .field("compression_threshold", compression_threshold)
+            .field("compression_context_takeover", compression_context_takeover)
+            .field("compression_window_bits", compression_window_bits)
+            .field("compression_mem_level", compression_mem_level)
             .field("max_payload_size", max_payload_size)
             .field("max_backpressure", max_backpressure)
             .field("request_timeout", request_timeout)
@@ -592,6 +620,15 @@ fn valid_table(t: &str) -> bool {
 }
 
 impl Config {
+    /// What the server will agree to for permessage-deflate.
+    pub fn deflate_policy(&self) -> crate::ws::deflate::DeflatePolicy {
+        crate::ws::deflate::DeflatePolicy {
+            window_bits: self.compression_window_bits,
+            mem_level: self.compression_mem_level,
+            context_takeover: self.compression_context_takeover,
+        }
+    }
+
     /// Every table: `db_table_name` first, then `allowed_tables`.
     pub fn tables(&self) -> Vec<String> {
         let mut t = vec![self.db_table_name.clone()];
@@ -642,8 +679,12 @@ impl Config {
     ///
     /// Value syntax for env and flags: booleans `true`/`false`/`1`/`0`;
     /// integers in decimal; durations as milliseconds (`30000`) or humantime
-    /// (`30s`, `250ms`, `1h 30m`); lists comma-separated (`a,b`; empty means
-    /// an empty list); anything else taken verbatim.
+    /// (`30s`, `250ms`, `1h 30m`); lists either comma-separated (`a,b`; empty
+    /// means an empty list; an item with a bracket, brace or leading quote is
+    /// refused as half-written TOML) or, when the value starts with `[` or
+    /// `{`, a TOML array or one inline table (`["a", "b"]`,
+    /// `[{ token = "t", client_type = "service" }]`); anything else taken
+    /// verbatim.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -863,6 +904,24 @@ impl Config {
         if self.max_errors_per_minute == 0 {
             return invalid("max_errors_per_minute", "must be at least 1".to_owned());
         }
+        if !(9..=15).contains(&self.compression_window_bits) {
+            return invalid(
+                "compression_window_bits",
+                format!(
+                    "must be between 9 and 15 (got {})",
+                    self.compression_window_bits
+                ),
+            );
+        }
+        if !(1..=9).contains(&self.compression_mem_level) {
+            return invalid(
+                "compression_mem_level",
+                format!(
+                    "must be between 1 and 9 (got {})",
+                    self.compression_mem_level
+                ),
+            );
+        }
         if self.drain_timeout > MAX_DRAIN {
             return invalid(
                 "drain_timeout",
@@ -890,7 +949,8 @@ enum Kind {
     Int,
     /// An integer (milliseconds) or a humantime string.
     Duration,
-    /// Comma-separated strings.
+    /// Comma-separated strings, or a TOML array / inline table when the
+    /// value starts with `[` or `{`.
     List,
     /// Taken verbatim; serde parses it (paths, enums, plain strings).
     Str,
@@ -923,6 +983,9 @@ const FIELDS: &[(&str, Kind)] = &[
     ("fields_to_encrypt", Kind::List),
     ("enable_compression", Kind::Bool),
     ("compression_threshold", Kind::Int),
+    ("compression_context_takeover", Kind::Bool),
+    ("compression_window_bits", Kind::Int),
+    ("compression_mem_level", Kind::Int),
     ("max_payload_size", Kind::Int),
     ("max_backpressure", Kind::Int),
     ("request_timeout", Kind::Duration),
@@ -1034,16 +1097,47 @@ fn convert(kind: Kind, raw: &str) -> Result<toml::Value, String> {
             Ok(ms) => toml::Value::Integer(ms),
             Err(_) => toml::Value::String(trimmed.to_owned()),
         },
+        Kind::List if trimmed.starts_with(['[', '{']) => inline_toml_list(trimmed)?,
         Kind::List => toml::Value::Array(
             trimmed
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_owned()))
-                .collect(),
+                .map(|s| {
+                    // A stray bracket, brace or quote means TOML syntax was
+                    // meant (`["a", "b"]` split at commas gives `["a"` and
+                    // `"b"]`); refuse rather than store mangled items.
+                    if s.contains(['[', ']', '{', '}']) || s.starts_with(['"', '\'']) {
+                        Err(format!(
+                            "item `{s}` of a comma-separated list looks like TOML syntax; \
+                             write the whole value as a TOML array, e.g. [\"a\", \"b\"]"
+                        ))
+                    } else {
+                        Ok(toml::Value::String(s.to_owned()))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
         ),
         Kind::Str => toml::Value::String(raw.to_owned()),
     })
+}
+
+/// A list value written in TOML: an array (`["a", "b"]`,
+/// `[{ token = "t", client_type = "service" }]`) or one inline table
+/// (`{ token = "t" }`, taken as a one-item list).
+fn inline_toml_list(text: &str) -> Result<toml::Value, String> {
+    let doc = format!("value = {text}");
+    let mut table: toml::Table = toml::from_str(&doc).map_err(|e| {
+        // `message()` leaves out toml's excerpt of our `value = ` wrapper;
+        // its lines ("invalid array", "expected `]`") go on one line.
+        let message = e.message().trim_end().replace('\n', "; ");
+        format!("cannot parse `{text}` as a TOML array or inline table: {message}")
+    })?;
+    match table.remove("value") {
+        Some(toml::Value::Array(items)) => Ok(toml::Value::Array(items)),
+        Some(t @ toml::Value::Table(_)) => Ok(toml::Value::Array(vec![t])),
+        _ => Err(format!("expected a TOML array, got `{text}`")),
+    }
 }
 
 /// `; did you mean X?` for a near-miss key, in the same spelling as `key`
@@ -1303,6 +1397,89 @@ mod tests {
     }
 
     #[test]
+    fn issue9_item12_list_settings_accept_toml_arrays() {
+        // Env and flags share one converter; check both spellings.
+        let fields = r#"["temperature", "humidity"]"#;
+        let c = Config::load(None, env(&[("WSH_REQUIRED_FIELDS", fields)]), &[]).unwrap();
+        assert_eq!(c.required_fields, ["temperature", "humidity"]);
+        let c = Config::load(None, env(&[]), &env(&[("required_fields", fields)])).unwrap();
+        assert_eq!(c.required_fields, ["temperature", "humidity"]);
+        // Without spaces, as a shell user types it.
+        let c = Config::load(
+            None,
+            env(&[("WSH_REQUIRED_FIELDS", r#"["temperature","humidity"]"#)]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.required_fields, ["temperature", "humidity"]);
+        let c = Config::load(None, env(&[("WSH_ALLOWED_TABLES", "[]")]), &[]).unwrap();
+        assert!(c.allowed_tables.is_empty());
+
+        // Bound tokens keep their binding: one token, not two plain ones.
+        let tokens = r#"[{token="svc-only",client_type="service"}, "plain"]"#;
+        let c = Config::load(None, env(&[]), &env(&[("auth_tokens", tokens)])).unwrap();
+        assert_eq!(
+            c.auth_tokens,
+            [
+                AuthToken::Bound {
+                    token: "svc-only".into(),
+                    client_type: Some("service".into())
+                },
+                AuthToken::Plain("plain".into())
+            ]
+        );
+        // One inline table is a one-item list.
+        let c = Config::load(
+            None,
+            env(&[(
+                "WSH_AUTH_TOKENS",
+                r#"{token="svc-only",client_type="service"}"#,
+            )]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.auth_tokens.len(), 1);
+        assert_eq!(c.auth_tokens[0].client_type(), Some("service"));
+
+        // The simple form still works.
+        let c = Config::load(None, env(&[("WSH_AUTH_TOKENS", "a, b")]), &[]).unwrap();
+        assert_eq!(
+            c.auth_tokens,
+            [AuthToken::Plain("a".into()), AuthToken::Plain("b".into())]
+        );
+    }
+
+    #[test]
+    fn issue9_item12_half_written_toml_lists_are_refused_naming_the_setting() {
+        let cases = [
+            ("WSH_REQUIRED_FIELDS", r#"["temperature","humidity""#),
+            ("WSH_REQUIRED_FIELDS", r#"[temperature, humidity]"#),
+            ("WSH_REQUIRED_FIELDS", r#""temperature","humidity""#),
+            ("WSH_REQUIRED_FIELDS", "temperature,humidity]"),
+            (
+                "WSH_AUTH_TOKENS",
+                r#"plain,{token="svc-only",client_type="service"}"#,
+            ),
+            ("WSH_REQUIRED_FIELDS", "[1, 2]"),
+            ("WSH_AUTH_TOKENS", r#"[{client_type="service"}]"#),
+        ];
+        for (var, value) in cases {
+            let err = Config::load(None, env(&[(var, value)]), &[]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::BadValue { .. }),
+                "{value}: {err:?}"
+            );
+            let msg = err.to_string();
+            let field = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+            assert!(msg.contains(&field) && msg.contains(var), "{value}: {msg}");
+            assert!(!msg.contains('\n'), "{value}: {msg}");
+        }
+        let err =
+            Config::load(None, env(&[]), &env(&[("required_fields", r#"["a","b""#)])).unwrap_err();
+        assert!(err.to_string().contains("flag --required-fields"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_toml_str("prot = 1").unwrap_err();
         assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
@@ -1432,6 +1609,10 @@ mod tests {
                 "auth_token",
             ),
             ("drain_timeout = \"61m\"", "drain_timeout"),
+            ("compression_window_bits = 8", "compression_window_bits"),
+            ("compression_window_bits = 16", "compression_window_bits"),
+            ("compression_mem_level = 0", "compression_mem_level"),
+            ("compression_mem_level = 10", "compression_mem_level"),
         ];
         for (text, field) in rejects {
             match Config::from_toml_str(text) {
@@ -1448,6 +1629,8 @@ mod tests {
             "enable_heartbeat = false\nheartbeat_interval = 0",
             "drain_timeout = \"1h\"",
             "db_table_name = \"Sensor-data_2\"",
+            "compression_window_bits = 9\ncompression_mem_level = 1",
+            "compression_window_bits = 15\ncompression_mem_level = 9",
         ];
         for text in accepts {
             Config::from_toml_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));

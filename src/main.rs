@@ -102,8 +102,26 @@ struct ServeArgs {
     /// Log level: trace, debug, info, warn, error.
     #[arg(long)]
     log_level: Option<String>,
-    /// Any other setting, as key=value (repeatable), e.g. --set max_connections=5000.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    /// Directory of the on-disk store (default ./wshandler-data, relative to
+    /// the working directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Any other setting, as KEY=VALUE (repeatable), e.g. --set max_connections=5000.
+    ///
+    /// KEY is a setting's name as in the config file (max_connections or
+    /// max-connections); the same values work in WSH_<KEY> variables.
+    /// VALUE forms:
+    ///   booleans   true, false, 1, 0
+    ///   integers   5000
+    ///   durations  milliseconds (30000) or 30s, 250ms, 1h 30m
+    ///   lists      comma-separated: required_fields=temperature,humidity
+    ///              or a TOML array (quote it for the shell):
+    ///              'required_fields=["temperature", "humidity"]'
+    ///              'auth_tokens=["plain", {token="svc", client_type="service"}]'
+    ///   other      taken as written (paths, names, tokens)
+    /// A list item with a bracket, brace or leading quote outside a TOML
+    /// array is refused, so half-written TOML is not stored mangled.
+    #[arg(long = "set", value_name = "KEY=VALUE", verbatim_doc_comment)]
     set: Vec<String>,
 }
 
@@ -127,6 +145,9 @@ impl ServeArgs {
         }
         if let Some(l) = &self.log_level {
             o.push(("log_level".into(), l.clone()));
+        }
+        if let Some(d) = &self.data_dir {
+            o.push(("data_dir".into(), d.display().to_string()));
         }
         for kv in &self.set {
             let (k, v) = kv
@@ -185,13 +206,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_level);
-            match serve(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("wshandler: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(serve(cfg))
         }
     }
 }
@@ -262,10 +277,41 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wshandler: {e:#}");
+            eprintln!("wshandler: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line for the operator. The two store errors a newcomer meets first
+/// (no data yet, a second server on the same directory) are printed alone
+/// with what to do; anything else as its chain of causes, skipping a cause
+/// whose text the line already holds (our errors quote their source, so
+/// `{:#}` would print it twice or three times).
+fn error_line(e: &anyhow::Error) -> String {
+    use wshandler::store::StoreError;
+    for cause in e.chain() {
+        match cause.downcast_ref::<StoreError>() {
+            Some(s @ StoreError::NoDataDir { .. }) => {
+                return format!("{s} (start the server first, or pass --data-dir)")
+            }
+            Some(s @ StoreError::DataDirInUse { .. }) => {
+                return format!("{s} (stop it or pass a different --data-dir)")
+            }
+            _ => {}
+        }
+    }
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn csv_field(s: &str) -> String {

@@ -415,7 +415,10 @@ async fn handshake_phase<S: Stream>(
                 return None;
             }
             let agreed = if shared.config.enable_compression {
-                deflate::negotiate(req.extensions.iter().map(String::as_str))
+                deflate::negotiate(
+                    &shared.config.deflate_policy(),
+                    req.extensions.iter().map(String::as_str),
+                )
             } else {
                 None
             };
@@ -425,7 +428,8 @@ async fn handshake_phase<S: Stream>(
                 shared.conn_count.fetch_sub(1, Ordering::AcqRel);
                 return None;
             }
-            Some(agreed.map(|(p, _)| Deflate::new(p)))
+            let mem_level = shared.config.compression_mem_level;
+            Some(agreed.map(|(p, _)| Deflate::with_mem_level(p, mem_level)))
         }
     }
 }

@@ -66,6 +66,30 @@ pub enum StoreError {
     /// Bad query arguments.
     #[error("{0}")]
     Query(String),
+    /// A reader (`wshandler query`, `stats`) was pointed at a directory
+    /// holding no database: it does not exist, or has no RocksDB `CURRENT`
+    /// file (the server has never run there).
+    #[error("no data directory at {}", .dir.display())]
+    NoDataDir {
+        /// The directory looked in.
+        dir: PathBuf,
+    },
+    /// Another process (or another `Store` in this one) holds the
+    /// database's lock: RocksDB allows one primary per directory.
+    #[error("data directory {} is in use by another wshandler process", .dir.display())]
+    DataDirInUse {
+        /// The locked directory.
+        dir: PathBuf,
+    },
+}
+
+/// Is `e` RocksDB refusing to open because another primary holds the
+/// directory's `LOCK` file? Its texts are `While lock file: <dir>/LOCK:
+/// Resource temporarily unavailable` (another process) and `lock hold by
+/// current process ... <dir>/LOCK: No locks available` (this one); both
+/// name the file, which no other open error does.
+fn is_lock_error(e: &rocksdb::Error) -> bool {
+    e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("/LOCK:")
 }
 
 /// Options for opening the store (from the server config).
@@ -134,7 +158,15 @@ impl Store {
             o.set_write_buffer_size(cfg.write_buffer_size);
             ColumnFamilyDescriptor::new(n, o)
         });
-        let db = DB::open_cf_descriptors(&opts, &cfg.dir, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, &cfg.dir, cfs).map_err(|e| {
+            if is_lock_error(&e) {
+                StoreError::DataDirInUse {
+                    dir: cfg.dir.clone(),
+                }
+            } else {
+                StoreError::Db(e)
+            }
+        })?;
         Ok(Store {
             db: Arc::new(db),
             tables: table_names(&names),
@@ -143,7 +175,16 @@ impl Store {
 
     /// Open a secondary instance that follows a primary another process
     /// (the server) has open; for `wshandler query` and `stats`.
+    ///
+    /// Fails with [`StoreError::NoDataDir`] if `dir` holds no database.
     pub fn open_secondary(dir: &Path) -> Result<Store, StoreError> {
+        // Checked here rather than read from RocksDB's error, which quotes
+        // the missing `CURRENT` path (and is easy to misread as corruption).
+        if !dir.join("CURRENT").is_file() {
+            return Err(StoreError::NoDataDir {
+                dir: dir.to_owned(),
+            });
+        }
         let opts = Options::default();
         let names = DB::list_cf(&opts, dir)?;
         let secondary =

@@ -150,3 +150,176 @@ fn serve_raises_the_open_file_limit_and_warns_when_too_low() {
         "{err}"
     );
 }
+
+/// `wshandler config` with `args` and `vars`, parsed back.
+fn effective_config(args: &[&str], vars: &[(&str, &str)]) -> wshandler::Config {
+    let out = bin()
+        .arg("config")
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap()
+}
+
+/// Issue 9 item 12: list settings written as TOML arrays reach the config
+/// whole, from `--set` and from `WSH_*` alike.
+#[test]
+fn issue9_item12_toml_array_lists_from_set_and_env() {
+    let fields = r#"required_fields=["temperature","humidity"]"#;
+    let cfg = effective_config(&["--set", fields], &[]);
+    assert_eq!(cfg.required_fields, ["temperature", "humidity"]);
+    let cfg = effective_config(
+        &[],
+        &[("WSH_REQUIRED_FIELDS", r#"["temperature","humidity"]"#)],
+    );
+    assert_eq!(cfg.required_fields, ["temperature", "humidity"]);
+    // The comma form still works.
+    let cfg = effective_config(&["--set", "required_fields=temperature,humidity"], &[]);
+    assert_eq!(cfg.required_fields, ["temperature", "humidity"]);
+
+    let tokens = r#"auth_tokens=[{token="svc-only",client_type="service"}]"#;
+    for cfg in [
+        effective_config(&["--set", tokens], &[]),
+        effective_config(
+            &[],
+            &[(
+                "WSH_AUTH_TOKENS",
+                r#"[{token="svc-only",client_type="service"}]"#,
+            )],
+        ),
+    ] {
+        assert_eq!(cfg.auth_tokens.len(), 1, "{:?}", cfg.auth_tokens);
+        assert_eq!(cfg.auth_tokens[0].token(), "svc-only");
+        assert_eq!(cfg.auth_tokens[0].client_type(), Some("service"));
+    }
+
+    // Half-written TOML is refused at start, naming the setting.
+    let out = bin()
+        .args([
+            "serve",
+            "--set",
+            r#"required_fields=["temperature","humidity""#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("required_fields"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `serve --help` documents the value forms.
+#[test]
+fn issue9_item12_serve_help_shows_list_forms() {
+    let out = bin().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains(r#"'required_fields=["temperature", "humidity"]'"#),
+        "{help}"
+    );
+    assert!(help.contains("comma-separated"), "{help}");
+    assert!(help.contains("--data-dir"), "{help}");
+}
+
+/// stderr of a failed run: exactly one line, with no RocksDB internals.
+fn single_clear_line(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for raw in [
+        "CURRENT",
+        "LOCK",
+        "IO error",
+        "database error",
+        "No such file",
+        "Resource temporarily",
+    ] {
+        assert!(!err.contains(raw), "{raw:?} in {err}");
+    }
+    err
+}
+
+/// Issue 9 item 19: `query` and `stats` without a data directory say so
+/// once, naming it and what to do.
+#[test]
+fn issue9_item19_query_and_stats_without_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["query", "stats"] {
+        // The default ./wshandler-data, relative to the working directory.
+        let out = bin().arg(sub).current_dir(dir.path()).output().unwrap();
+        let err = single_clear_line(&out);
+        assert_eq!(
+            err.trim_end(),
+            "wshandler: no data directory at ./wshandler-data \
+             (start the server first, or pass --data-dir)",
+            "{sub}"
+        );
+        // An explicit directory that exists but holds no database.
+        let out = bin()
+            .args([sub, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = single_clear_line(&out);
+        assert_eq!(
+            err.matches(&*dir.path().display().to_string()).count(),
+            1,
+            "{err}"
+        );
+        assert!(err.contains("pass --data-dir"), "{err}");
+    }
+}
+
+/// Issue 9 item 19: a second server on a data directory in use says so
+/// once, naming it and what to do.
+#[test]
+fn issue9_item19_second_server_on_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |port: &str| {
+        let mut c = bin();
+        c.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--shards",
+            "1",
+        ])
+        .args(["--log-level", "warn", "--data-dir"])
+        .arg(&data);
+        c
+    };
+    let (mut first, _addr) = spawn_listening(&mut serve("0"));
+    let out = serve("0").output().unwrap();
+    assert_eq!(signal(first.id(), libc::SIGTERM), 0);
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    let err = single_clear_line(&out);
+    let shown = data.display().to_string();
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "wshandler: data directory {shown} is in use by another wshandler process \
+             (stop it or pass a different --data-dir)"
+        )
+    );
+    // And with the server stopped, the readers open it.
+    let out = bin()
+        .args(["stats", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -13,6 +13,12 @@ fuzz_target!(|data: &[u8]| {
         if let Decision::Accept { accept_key } = req.decide() {
             assert_eq!(accept_key.len(), 28);
         }
-        let _ = deflate::negotiate(req.extensions.iter().map(String::as_str));
+        for policy in [deflate::DeflatePolicy::default(), deflate::DeflatePolicy {
+            window_bits: 9,
+            mem_level: 1,
+            context_takeover: true,
+        }] {
+            let _ = deflate::negotiate(&policy, req.extensions.iter().map(String::as_str));
+        }
     }
 });
