@@ -25,8 +25,28 @@ pub(crate) struct WriteTask {
     pub(crate) table: std::sync::Arc<str>,
     /// The record as a JSON object without `insertId` (the writer adds it).
     pub(crate) body: Vec<u8>,
-    /// (deviceId, messageId) for effectively-once ingest.
-    pub(crate) dedup: Option<(String, String)>,
+    /// (scope, deviceId, messageId) for effectively-once ingest.
+    pub(crate) dedup: Option<DedupKey>,
+}
+
+/// What makes two `data` messages "the same message" for de-duplication.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct DedupKey {
+    /// The identity the connection's credential proves (e.g. the auth
+    /// token entry that authenticated it), `""` with authentication off:
+    /// a client can only collide with messages of its own identity.
+    pub(crate) scope: String,
+    /// deviceId from the handshake, else the clientId.
+    pub(crate) device: String,
+    /// The message's `messageId`.
+    pub(crate) message: String,
+}
+
+impl DedupKey {
+    /// The `dedup` column family key (see [`keys::dedup_key`]).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        keys::dedup_key(&self.scope, &self.device, &self.message)
+    }
 }
 
 /// A message to the writer.
@@ -79,7 +99,15 @@ struct Writer {
     counters: HashMap<String, u64>,
     mailboxes: Vec<Mailbox>,
     wopts: WriteOptions,
+    /// Where the next sweep of expired de-duplication entries starts: each
+    /// sweep looks at a bounded number, so with more live entries than
+    /// that the sweeps take turns over the whole column family instead of
+    /// re-reading its first part forever.
+    dedup_cursor: Option<Vec<u8>>,
 }
+
+/// Most de-duplication entries one maintenance sweep looks at.
+const DEDUP_SWEEP: usize = 100_000;
 
 /// Start the writer thread.
 pub(crate) fn spawn_writer(
@@ -107,6 +135,7 @@ pub(crate) fn spawn_writer(
         counters,
         mailboxes,
         wopts,
+        dedup_cursor: None,
     };
     std::thread::Builder::new()
         .name("wsh-store-writer".into())
@@ -216,7 +245,7 @@ impl Writer {
                 ));
                 continue;
             };
-            let dkey = t.dedup.as_ref().map(|(d, m)| keys::dedup_key(d, m));
+            let dkey = t.dedup.as_ref().map(DedupKey::encode);
             if let Some(k) = &dkey {
                 let earlier = match seen.get(k) {
                     Some(id) => Some(*id),
@@ -354,16 +383,20 @@ impl Writer {
         let now = now_ms();
         let mut wb = WriteBatch::default();
         let mut it = db.raw_iterator_cf(dedup);
-        it.seek_to_first();
+        match self.dedup_cursor.take() {
+            Some(k) => it.seek(k),
+            None => it.seek_to_first(),
+        }
         let mut scanned = 0;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if scanned >= DEDUP_SWEEP {
+                self.dedup_cursor = Some(k.to_vec());
+                break;
+            }
             if keys::parse_dedup_value(v).is_none_or(|(_, _, exp)| exp <= now) {
                 wb.delete_cf(dedup, k);
             }
             scanned += 1;
-            if scanned >= 100_000 {
-                break;
-            }
             it.next();
         }
         if !wb.is_empty() {
