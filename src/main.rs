@@ -57,7 +57,7 @@ struct QueryArgs {
     /// Only records at or before this time (RFC 3339).
     #[arg(long)]
     until: Option<String>,
-    /// At most this many records.
+    /// At most this many records (records that cannot be read count too).
     #[arg(long)]
     limit: Option<usize>,
     /// Output format.

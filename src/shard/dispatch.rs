@@ -569,10 +569,7 @@ impl ShardCtx {
         let d = data.map(to_serde).unwrap_or(serde_json::Value::Null);
         let cfg = &self.shared.config;
         let scan = crate::store::Scan {
-            table: d["table"]
-                .as_str()
-                .unwrap_or(&cfg.db_table_name)
-                .to_owned(),
+            table: d["table"].as_str().unwrap_or(&cfg.db_table_name).to_owned(),
             from: d["from"].as_u64(),
             since: d["since"].as_str().map(str::to_owned),
             until: d["until"].as_str().map(str::to_owned),

@@ -251,11 +251,18 @@ mod tests {
         let k = key(3);
         let data = br#"{ "user_data" : {"name":"ann", "n":0.026279616940263262},
             "location":{"lat":51.50720000000000001,"lon":-0.1},"z":123456789012345678901234567890}"#;
-        let paths = vec!["user_data".to_string(), "location.lat".to_string(), "nope.x".to_string()];
+        let paths = vec![
+            "user_data".to_string(),
+            "location.lat".to_string(),
+            "nope.x".to_string(),
+        ];
         let sealed = k.encrypt_fields_text(data, &paths).unwrap();
         let text = String::from_utf8(sealed.clone()).unwrap();
         assert!(!text.contains("ann") && !text.contains("51.5072"), "{text}");
-        assert!(text.starts_with(r#"{ "user_data" : {"$encrypted":""#), "{text}");
+        assert!(
+            text.starts_with(r#"{ "user_data" : {"$encrypted":""#),
+            "{text}"
+        );
         assert!(
             text.ends_with(r#"},"lon":-0.1},"z":123456789012345678901234567890}"#),
             "{text}"

@@ -101,10 +101,7 @@ mod tests {
             ("", "\0", ""),
             ("", "", "\0"),
         ];
-        let keys: Vec<Vec<u8>> = triples
-            .iter()
-            .map(|(s, d, m)| dedup_key(s, d, m))
-            .collect();
+        let keys: Vec<Vec<u8>> = triples.iter().map(|(s, d, m)| dedup_key(s, d, m)).collect();
         for (i, a) in keys.iter().enumerate() {
             for (j, b) in keys.iter().enumerate() {
                 assert_eq!(a == b, i == j, "{:?} vs {:?}", triples[i], triples[j]);

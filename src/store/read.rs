@@ -138,7 +138,8 @@ fn readable(raw: &[u8], key: Option<&FieldKey>) -> Result<String, Unreadable> {
     };
     // `check` proved the stored bytes UTF-8 and `decrypt` spliced in only
     // checked plaintext, so this never takes the lossy branch.
-    Ok(String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    Ok(String::from_utf8(text)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 impl Store {
@@ -201,7 +202,10 @@ impl Store {
                         }
                         bytes += reason.len();
                         entries += 1;
-                        page.skipped.push(Skipped { insert_id: id, reason });
+                        page.skipped.push(Skipped {
+                            insert_id: id,
+                            reason,
+                        });
                         it.next();
                         continue;
                     }
@@ -346,7 +350,10 @@ mod tests {
 
     /// What the writer stores for `body` as record `id`.
     fn stored(body: &[u8], id: u64) -> String {
-        format!("{{\"insertId\":{id},{}", std::str::from_utf8(&body[1..]).unwrap())
+        format!(
+            "{{\"insertId\":{id},{}",
+            std::str::from_utf8(&body[1..]).unwrap()
+        )
     }
 
     fn scan_all(store: &Store, key: Option<&FieldKey>) -> Page {
@@ -386,7 +393,15 @@ mod tests {
                 .prop_filter("needs no escape", |c| !matches!(c, '"' | '\\') && *c >= ' ')
                 .prop_map(String::from),
             prop::sample::select(vec![
-                "\\n", "\\\"", "\\\\", "\\/", "\\u00e9", "\\ud83d\\ude00", "\\u0000", "é", "日本",
+                "\\n",
+                "\\\"",
+                "\\\\",
+                "\\/",
+                "\\u00e9",
+                "\\ud83d\\ude00",
+                "\\u0000",
+                "é",
+                "日本",
                 "\\t",
             ])
             .prop_map(String::from),
@@ -409,8 +424,10 @@ mod tests {
                     format!("[{}]", items.join(","))
                 }),
                 prop::collection::vec((ws(), string(), inner), 0..6).prop_map(|xs| {
-                    let items: Vec<String> =
-                        xs.iter().map(|(w, k, x)| format!("{w}{k}{w}:{w}{x}")).collect();
+                    let items: Vec<String> = xs
+                        .iter()
+                        .map(|(w, k, x)| format!("{w}{k}{w}:{w}{x}"))
+                        .collect();
                     format!("{{{}}}", items.join(","))
                 }),
             ]
@@ -507,7 +524,10 @@ mod tests {
                 (3, stored(&body(br#""\udfff""#), 3).as_bytes()),
                 (4, b"\x00\x01corrupt"),
                 (5, g5.as_bytes()),
-                (6, stored(&body(br#"{"$encrypted":"bm90IHNlYWxlZA=="}"#), 6).as_bytes()),
+                (
+                    6,
+                    stored(&body(br#"{"$encrypted":"bm90IHNlYWxlZA=="}"#), 6).as_bytes(),
+                ),
             ],
         );
         let page = scan_all(&store, None);
@@ -523,7 +543,11 @@ mod tests {
         // With a key it does not open: reported, naming the field.
         let page = scan_all(&store, Some(&key()));
         assert_eq!(page.skipped.len(), 4);
-        assert!(page.skipped[3].reason.contains("wrong encryption key"), "{:?}", page.skipped);
+        assert!(
+            page.skipped[3].reason.contains("wrong encryption key"),
+            "{:?}",
+            page.skipped
+        );
         // A time filter reads the timestamp without a parse and still
         // reports what it cannot read.
         let q = Scan {
@@ -541,7 +565,10 @@ mod tests {
         let page = store.scan(&q, None).unwrap();
         assert!(page.records.is_empty());
         // Only the record without a readable timestamp.
-        assert_eq!(page.skipped.iter().map(|s| s.insert_id).collect::<Vec<_>>(), [4]);
+        assert_eq!(
+            page.skipped.iter().map(|s| s.insert_id).collect::<Vec<_>>(),
+            [4]
+        );
     }
 
     /// Issue 9 item 7: a page stops at `limit` or `max_bytes`, whichever
@@ -550,7 +577,12 @@ mod tests {
     fn issue9_item7_pages_stop_at_the_byte_limit_with_a_cursor() {
         let dir = tempfile::tempdir().unwrap();
         let recs: Vec<String> = (1..=50)
-            .map(|id| stored(&body(format!("{{\"pad\":\"{}\"}}", "p".repeat(id as usize)).as_bytes()), id))
+            .map(|id| {
+                stored(
+                    &body(format!("{{\"pad\":\"{}\"}}", "p".repeat(id as usize)).as_bytes()),
+                    id,
+                )
+            })
             .collect();
         let store = Store::open(&config(dir.path())).unwrap();
         let planted: Vec<(u64, &[u8])> = recs
@@ -559,7 +591,12 @@ mod tests {
             .map(|(i, r)| (i as u64 + 1, r.as_bytes()))
             .collect();
         plant(&store, &planted);
-        for (limit, max_bytes) in [(Some(7), None), (None, Some(1000)), (Some(3), Some(1000)), (Some(1000), Some(160))] {
+        for (limit, max_bytes) in [
+            (Some(7), None),
+            (None, Some(1000)),
+            (Some(3), Some(1000)),
+            (Some(1000), Some(160)),
+        ] {
             let mut q = Scan {
                 table: "t".into(),
                 limit,
@@ -595,7 +632,15 @@ mod tests {
         }
         // limit 0: nothing, and the cursor stays put.
         let page = store
-            .scan(&Scan { table: "t".into(), from: Some(9), limit: Some(0), ..Scan::default() }, None)
+            .scan(
+                &Scan {
+                    table: "t".into(),
+                    from: Some(9),
+                    limit: Some(0),
+                    ..Scan::default()
+                },
+                None,
+            )
             .unwrap();
         assert_eq!((page.records.len(), page.next), (0, Some(9)));
     }
@@ -604,8 +649,14 @@ mod tests {
     fn page_json_is_the_store_query_reply() {
         let page = Page {
             records: vec![
-                Record { insert_id: 1, json: r#"{"insertId":1,"data":1.10}"#.into() },
-                Record { insert_id: 2, json: r#"{"insertId":2}"#.into() },
+                Record {
+                    insert_id: 1,
+                    json: r#"{"insertId":1,"data":1.10}"#.into(),
+                },
+                Record {
+                    insert_id: 2,
+                    json: r#"{"insertId":2}"#.into(),
+                },
             ],
             skipped: vec![],
             next: Some(3),
@@ -615,7 +666,10 @@ mod tests {
             r#"{"records":[{"insertId":1,"data":1.10},{"insertId":2}],"next":3}"#
         );
         let page = Page {
-            skipped: vec![Skipped { insert_id: 4, reason: "bad \"x\"".into() }],
+            skipped: vec![Skipped {
+                insert_id: 4,
+                reason: "bad \"x\"".into(),
+            }],
             ..Page::default()
         };
         assert_eq!(

@@ -514,7 +514,10 @@ mod tests {
         let s = check(t, MAX_DEPTH, true).unwrap();
         let paths: Vec<&str> = s.sealed.iter().map(|x| x.path.as_str()).collect();
         assert_eq!(paths, ["a", "b[1]"]);
-        assert_eq!(&t[s.sealed[0].start..s.sealed[0].end], br#"{"$encrypted":"QQ=="}"#);
+        assert_eq!(
+            &t[s.sealed[0].start..s.sealed[0].end],
+            br#"{"$encrypted":"QQ=="}"#
+        );
         assert_eq!(&t[s.sealed[0].b64.0..s.sealed[0].b64.1], b"QQ==");
         assert_eq!((s.sealed[0].depth, s.sealed[1].depth), (3, 4));
         assert!(s.sealed[1].escaped && !s.sealed[0].escaped);

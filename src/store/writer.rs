@@ -104,6 +104,8 @@ struct Writer {
     /// that the sweeps take turns over the whole column family instead of
     /// re-reading its first part forever.
     dedup_cursor: Option<Vec<u8>>,
+    /// Most entries one sweep looks at ([`DEDUP_SWEEP`]; smaller in tests).
+    dedup_sweep: usize,
 }
 
 /// Most de-duplication entries one maintenance sweep looks at.
@@ -136,6 +138,7 @@ pub(crate) fn spawn_writer(
         mailboxes,
         wopts,
         dedup_cursor: None,
+        dedup_sweep: DEDUP_SWEEP,
     };
     std::thread::Builder::new()
         .name("wsh-store-writer".into())
@@ -389,7 +392,7 @@ impl Writer {
         }
         let mut scanned = 0;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if scanned >= DEDUP_SWEEP {
+            if scanned >= self.dedup_sweep {
                 self.dedup_cursor = Some(k.to_vec());
                 break;
             }
@@ -423,6 +426,67 @@ mod tests {
             br#"{"insertId":7,"a":1}"#.to_vec()
         );
         assert_eq!(splice_id(b"{}", 7), br#"{"insertId":7}"#.to_vec());
+    }
+
+    /// Each sweep looked at the first 100,000 entries only: with that many
+    /// live ones in front, expired entries behind them were never deleted
+    /// and the `dedup` column family grew without bound.
+    #[test]
+    fn dedup_sweeps_reach_expired_entries_behind_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            dir: dir.path().to_path_buf(),
+            tables: vec!["t".into()],
+            durability: Durability::Wal,
+            batch_max: 64,
+            batch_bytes: 1 << 20,
+            queue: 16,
+            dedup_window: Duration::from_secs(60),
+            retention: vec![],
+            write_buffer_size: 1 << 20,
+        };
+        let store = Store::open(&cfg).unwrap();
+        let db = store.db().clone();
+        let cf = db.cf_handle(keys::DEDUP_CF).unwrap();
+        let now = now_ms();
+        for i in 0..5u64 {
+            // Device "a" sorts before "b": live entries first.
+            let m = i.to_string();
+            db.put_cf(
+                cf,
+                keys::dedup_key("", "a", &m),
+                keys::dedup_value("t", i, now + 3_600_000),
+            )
+            .unwrap();
+            db.put_cf(
+                cf,
+                keys::dedup_key("", "b", &m),
+                keys::dedup_value("t", i, now - 1),
+            )
+            .unwrap();
+        }
+        let (mailbox, _inbox) = crate::shard::mailbox();
+        let mut w = Writer {
+            blocked: Default::default(),
+            store: store.clone(),
+            cfg,
+            counters: HashMap::new(),
+            mailboxes: vec![mailbox],
+            wopts: WriteOptions::default(),
+            dedup_cursor: None,
+            dedup_sweep: 3,
+        };
+        for _ in 0..4 {
+            w.maintenance();
+        }
+        let left: Vec<Vec<u8>> = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap().0.to_vec())
+            .collect();
+        let live: Vec<Vec<u8>> = (0..5u64)
+            .map(|i| keys::dedup_key("", "a", &i.to_string()))
+            .collect();
+        assert_eq!(left, live);
     }
 
     #[test]

@@ -215,7 +215,10 @@ both_drivers!(encrypted_fields_are_ciphertext_on_disk, |driver| {
         &std::fs::read_to_string(&key_file).unwrap(),
     )
     .unwrap();
-    assert_eq!(parsed(&store.scan(&q, Some(&key)).unwrap())[0]["data"], secret);
+    assert_eq!(
+        parsed(&store.scan(&q, Some(&key)).unwrap())[0]["data"],
+        secret
+    );
     let sealed = parsed(&store.scan(&q, None).unwrap());
     assert!(sealed[0]["data"]["user_data"]["$encrypted"].is_string());
     let wrong = wshandler::store::crypto::FieldKey::from_base64(
@@ -464,7 +467,10 @@ fn planted_table(dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
             3,
             record(3, "2026-11-26T12:20:00.000Z", r#"{"s":"a\ud800b"}"#),
         ),
-        (4, b"{\"insertId\":4,\"timestamp\":\"\xff\xfe garbage".to_vec()),
+        (
+            4,
+            b"{\"insertId\":4,\"timestamp\":\"\xff\xfe garbage".to_vec(),
+        ),
         (
             5,
             record(5, "2026-11-26T13:00:00.000Z", r#"[1e400,-0,1E+2]"#),
@@ -528,42 +534,47 @@ fn issue9_item2_query_prints_good_records_and_reports_bad_ones() {
     );
 }
 
-both_drivers!(issue9_item2_store_query_skips_unreadable_records, |driver| {
-    let dir = tempfile::tempdir().unwrap();
-    let recs = planted_table(dir.path());
-    let srv = TestServer::start(store_config(driver, dir.path())).await;
-    let mut svc = Client::with_type(srv.addr, "service").await;
-    let r = svc
-        .call(json!({"type": "request", "requestId": "q", "endpoint": "store.query", "data": {}}))
-        .await;
-    assert_eq!(r["success"], true, "{r}");
-    let ids: Vec<u64> = r["data"]["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["insertId"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, [1, 5], "{r}");
-    let skipped: Vec<u64> = r["data"]["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["insertId"].as_u64().unwrap())
-        .collect();
-    assert_eq!(skipped, [2, 3, 4], "{r}");
-    assert_eq!(r["data"]["next"], serde_json::Value::Null);
-    // Records as stored: serde_json here keeps numbers as written.
-    let want: serde_json::Value = serde_json::from_slice(&recs[0].1).unwrap();
-    assert_eq!(r["data"]["records"][0].to_string(), want.to_string());
-    assert!(want.to_string().contains("0.026279616940263262"));
-    // A time range over the bad records still answers.
-    let r = svc
+both_drivers!(
+    issue9_item2_store_query_skips_unreadable_records,
+    |driver| {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = planted_table(dir.path());
+        let srv = TestServer::start(store_config(driver, dir.path())).await;
+        let mut svc = Client::with_type(srv.addr, "service").await;
+        let r = svc
+            .call(
+                json!({"type": "request", "requestId": "q", "endpoint": "store.query", "data": {}}),
+            )
+            .await;
+        assert_eq!(r["success"], true, "{r}");
+        let ids: Vec<u64> = r["data"]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["insertId"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [1, 5], "{r}");
+        let skipped: Vec<u64> = r["data"]["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["insertId"].as_u64().unwrap())
+            .collect();
+        assert_eq!(skipped, [2, 3, 4], "{r}");
+        assert_eq!(r["data"]["next"], serde_json::Value::Null);
+        // Records as stored: serde_json here keeps numbers as written.
+        let want: serde_json::Value = serde_json::from_slice(&recs[0].1).unwrap();
+        assert_eq!(r["data"]["records"][0].to_string(), want.to_string());
+        assert!(want.to_string().contains("0.026279616940263262"));
+        // A time range over the bad records still answers.
+        let r = svc
         .call(json!({"type": "request", "requestId": "q2", "endpoint": "store.query", "data": {"until": "2026-11-26T12:30:00Z"}}))
         .await;
-    assert_eq!(r["success"], true, "{r}");
-    assert_eq!(r["data"]["records"].as_array().unwrap().len(), 1, "{r}");
-    srv.stop().await;
-});
+        assert_eq!(r["success"], true, "{r}");
+        assert_eq!(r["data"]["records"].as_array().unwrap().len(), 1, "{r}");
+        srv.stop().await;
+    }
+);
 
 /// The raw text of a reply (the test client parses; this keeps the bytes).
 async fn call_text(c: &mut Client, msg: &str) -> String {
@@ -649,27 +660,30 @@ both_drivers!(issue9_item7_store_query_pages_by_bytes, |driver| {
     srv.stop().await;
 });
 
-both_drivers!(issue9_item8_dedup_keys_do_not_collide_over_the_wire, |driver| {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(store_config(driver, dir.path())).await;
-    let mut ids = Vec::new();
-    for (device, message) in [("a\u{0}b", "c"), ("a", "b\u{0}c")] {
-        let mut c = Client::connect(srv.addr).await;
-        let r = c
+both_drivers!(
+    issue9_item8_dedup_keys_do_not_collide_over_the_wire,
+    |driver| {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = TestServer::start(store_config(driver, dir.path())).await;
+        let mut ids = Vec::new();
+        for (device, message) in [("a\u{0}b", "c"), ("a", "b\u{0}c")] {
+            let mut c = Client::connect(srv.addr).await;
+            let r = c
             .call(json!({"type": "handshake", "clientType": "microcontroller", "deviceId": device}))
             .await;
-        assert_eq!(r["success"], true, "{r}");
-        let r = c
+            assert_eq!(r["success"], true, "{r}");
+            let r = c
             .call(json!({"type": "data", "dataType": "sensor", "messageId": message, "data": {"d": device}}))
             .await;
-        assert_eq!(r["success"], true, "{r}");
-        assert!(r.get("duplicate").is_none(), "{device:?}: {r}");
-        ids.push(r["insertId"].as_u64().unwrap());
+            assert_eq!(r["success"], true, "{r}");
+            assert!(r.get("duplicate").is_none(), "{device:?}: {r}");
+            ids.push(r["insertId"].as_u64().unwrap());
+        }
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(
+            scan_all(srv.server.store().unwrap(), "sensor_data").len(),
+            2
+        );
+        srv.stop().await;
     }
-    assert_ne!(ids[0], ids[1]);
-    assert_eq!(
-        scan_all(srv.server.store().unwrap(), "sensor_data").len(),
-        2
-    );
-    srv.stop().await;
-});
+);
