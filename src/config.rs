@@ -304,6 +304,19 @@ pub struct Config {
     /// Per-table retention overriding `retention`, as `"table=30d"` items.
     /// Default none.
     pub table_retention: Vec<String>,
+    /// Most records one `store.query` reply holds (a request's `limit` is
+    /// capped to it); the reply's `next` gives where the following page
+    /// starts. Bounds the work and memory of one request against a table of
+    /// millions of records. 1..=100000. Default 1000.
+    pub query_max_records: usize,
+    /// Most bytes of record text one `store.query` reply holds, checked
+    /// before each record is copied: without it, a few pipelined queries
+    /// over a large table build replies of gigabytes (issue 9 item 7). A
+    /// record larger than this is reported as skipped. Pages are also kept
+    /// to half of `max_backpressure` (see [`Config::query_page_bytes`]), so
+    /// a page fits the connection's outbound bound with room to spare. At
+    /// least 1024. Default 524288 (512 KiB).
+    pub query_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -367,6 +380,8 @@ impl Default for Config {
             dedup_window: Duration::from_secs(600),
             retention: Duration::ZERO,
             table_retention: Vec::new(),
+            query_max_records: 1000,
+            query_max_bytes: 512 * 1024,
         }
     }
 }
@@ -446,6 +461,8 @@ impl fmt::Debug for Config {
             dedup_window,
             retention,
             table_retention,
+            query_max_records,
+            query_max_bytes,
         } = self;
         f.debug_struct("Config")
             .field("port", port)
@@ -508,6 +525,8 @@ impl fmt::Debug for Config {
             .field("dedup_window", dedup_window)
             .field("retention", retention)
             .field("table_retention", table_retention)
+            .field("query_max_records", query_max_records)
+            .field("query_max_bytes", query_max_bytes)
             .finish()
     }
 }
@@ -638,6 +657,13 @@ impl Config {
             }
         }
         t
+    }
+
+    /// The byte bound of one `store.query` page: `query_max_bytes`, but at
+    /// most half of `max_backpressure` so the reply fits the connection's
+    /// outbound bound.
+    pub fn query_page_bytes(&self) -> usize {
+        self.query_max_bytes.min(self.max_backpressure / 2)
     }
 
     /// Retention per table (`None`: keep forever).
@@ -901,6 +927,18 @@ impl Config {
             );
         }
         self.table_retention_map()?;
+        if !(1..=100_000).contains(&self.query_max_records) {
+            return invalid(
+                "query_max_records",
+                format!("must be 1..=100000 (got {})", self.query_max_records),
+            );
+        }
+        if self.query_max_bytes < 1024 {
+            return invalid(
+                "query_max_bytes",
+                format!("must be at least 1024 (got {})", self.query_max_bytes),
+            );
+        }
         if self.max_errors_per_minute == 0 {
             return invalid("max_errors_per_minute", "must be at least 1".to_owned());
         }
@@ -1013,6 +1051,8 @@ const FIELDS: &[(&str, Kind)] = &[
     ("dedup_window", Kind::Duration),
     ("retention", Kind::Duration),
     ("table_retention", Kind::List),
+    ("query_max_records", Kind::Int),
+    ("query_max_bytes", Kind::Int),
 ];
 
 fn field_kind(key: &str) -> Option<Kind> {
@@ -1613,6 +1653,9 @@ mod tests {
             ("compression_window_bits = 16", "compression_window_bits"),
             ("compression_mem_level = 0", "compression_mem_level"),
             ("compression_mem_level = 10", "compression_mem_level"),
+            ("query_max_records = 0", "query_max_records"),
+            ("query_max_records = 100001", "query_max_records"),
+            ("query_max_bytes = 1023", "query_max_bytes"),
         ];
         for (text, field) in rejects {
             match Config::from_toml_str(text) {
@@ -1631,6 +1674,8 @@ mod tests {
             "db_table_name = \"Sensor-data_2\"",
             "compression_window_bits = 9\ncompression_mem_level = 1",
             "compression_window_bits = 15\ncompression_mem_level = 9",
+            "query_max_records = 1\nquery_max_bytes = 1024",
+            "query_max_records = 100000",
         ];
         for text in accepts {
             Config::from_toml_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));

@@ -32,7 +32,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (after file, env and flags) as TOML.
     Config(ServeArgs),
-    /// Print stored records, one per line (works while the server runs).
+    /// Print stored records, one per line, exactly as stored (works while
+    /// the server runs). Records that cannot be read are listed on stderr
+    /// and the exit status is then 3.
     Query(QueryArgs),
     /// Print per-table record counts and sizes (works while the server runs).
     Stats(StatsArgs),
@@ -55,7 +57,7 @@ struct QueryArgs {
     /// Only records at or before this time (RFC 3339).
     #[arg(long)]
     until: Option<String>,
-    /// At most this many records.
+    /// At most this many records (records that cannot be read count too).
     #[arg(long)]
     limit: Option<usize>,
     /// Output format.
@@ -182,7 +184,7 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Query(args) => report(query(args)),
+        Command::Query(args) => query(args).unwrap_or_else(|e| report(Err(e))),
         Command::Stats(args) => report(stats(args)),
         Command::Config(args) => match args.load() {
             Ok(cfg) => {
@@ -322,46 +324,110 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn query(a: QueryArgs) -> anyhow::Result<()> {
+/// Exit status of `query` when it printed every readable record but skipped
+/// some it could not read (listed on stderr); see docs/storage.md.
+const EXIT_SKIPPED: u8 = 3;
+
+fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     use wshandler::store::{crypto::FieldKey, Scan, Store};
+    // Records are fetched a page at a time, so memory stays bounded however
+    // large the table (a page is at most PAGE records).
+    const PAGE: usize = 256;
     let key = match (&a.key_file, std::env::var("WSH_ENCRYPTION_KEY")) {
         (Some(p), _) => Some(FieldKey::from_base64(&std::fs::read_to_string(p)?)?),
         (None, Ok(k)) => Some(FieldKey::from_base64(&k)?),
         (None, Err(_)) => None,
     };
     let store = Store::open_secondary(&a.data_dir)?;
-    let scan = Scan {
+    let mut scan = Scan {
         table: a.table,
         from: a.from,
         since: a.since,
         until: a.until,
-        limit: a.limit,
+        limit: None,
+        max_bytes: None,
     };
-    let records = store.scan(&scan, key.as_ref())?;
+    let mut left = a.limit.unwrap_or(usize::MAX);
+    let mut skipped = 0u64;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if matches!(a.format, Format::Csv) {
         writeln!(out, "insertId,clientId,clientType,dataType,timestamp,data")?;
     }
-    for r in records {
-        match a.format {
-            Format::Jsonl => writeln!(out, "{r}")?,
-            Format::Csv => {
-                let s = |k: &str| r[k].as_str().map(str::to_owned).unwrap_or_default();
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{}",
-                    r["insertId"],
-                    csv_field(&s("clientId")),
-                    csv_field(&s("clientType")),
-                    csv_field(&s("dataType")),
-                    csv_field(&s("timestamp")),
-                    csv_field(&r["data"].to_string())
-                )?
+    while left > 0 {
+        scan.limit = Some(left.min(PAGE));
+        let page = store.scan(&scan, key.as_ref())?;
+        for r in &page.records {
+            match a.format {
+                // The record as stored. Raw CR/LF bytes in valid JSON can only
+                // be whitespace between tokens (inside strings they are
+                // escaped), so turning them into spaces keeps one record per
+                // line without changing any value.
+                Format::Jsonl => {
+                    let line: Vec<u8> = r
+                        .json
+                        .bytes()
+                        .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+                        .collect();
+                    out.write_all(&line)?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Csv => write_csv(&mut out, r)?,
             }
+        }
+        left -= page.records.len() + page.skipped.len();
+        for s in &page.skipped {
+            skipped += 1;
+            // Out first, so stdout and stderr interleave in order.
+            out.flush()?;
+            eprintln!(
+                "wshandler: skipped record {} in table {}: {}",
+                s.insert_id, scan.table, s.reason
+            );
+        }
+        match page.next {
+            Some(n) => scan.from = Some(n),
+            None => break,
         }
     }
     out.flush()?;
+    if skipped > 0 {
+        eprintln!("wshandler: {skipped} record(s) could not be read (exit status {EXIT_SKIPPED})");
+        return Ok(ExitCode::from(EXIT_SKIPPED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One CSV row: the envelope's fields, and `data` as its stored JSON text.
+fn write_csv(out: &mut impl std::io::Write, r: &wshandler::store::Record) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Row<'a> {
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        client_type: Option<String>,
+        #[serde(default)]
+        data_type: Option<String>,
+        #[serde(default)]
+        timestamp: Option<String>,
+        #[serde(borrow, default)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    // A checked record (the reader validated it); `data` is borrowed raw, so
+    // its numbers and key order are printed as stored.
+    let row: Row = serde_json::from_str(&r.json)?;
+    let s = |v: Option<String>| csv_field(&v.unwrap_or_default());
+    writeln!(
+        out,
+        "{},{},{},{},{},{}",
+        r.insert_id,
+        s(row.client_id),
+        s(row.client_type),
+        s(row.data_type),
+        s(row.timestamp),
+        csv_field(row.data.map_or("null", |d| d.get()))
+    )?;
     Ok(())
 }
 

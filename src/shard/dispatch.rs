@@ -933,15 +933,21 @@ impl ShardCtx {
         let d = data
             .map(|d| to_serde(d.raw()))
             .unwrap_or(serde_json::Value::Null);
+        let cfg = &self.shared.config;
         let scan = crate::store::Scan {
-            table: d["table"]
-                .as_str()
-                .unwrap_or(&self.shared.config.db_table_name)
-                .to_owned(),
+            table: d["table"].as_str().unwrap_or(&cfg.db_table_name).to_owned(),
             from: d["from"].as_u64(),
             since: d["since"].as_str().map(str::to_owned),
             until: d["until"].as_str().map(str::to_owned),
-            limit: Some(d["limit"].as_u64().unwrap_or(100).min(10_000) as usize),
+            // One page: at most query_max_records records and
+            // query_max_bytes bytes; `next` says where the following starts.
+            limit: Some(
+                d["limit"]
+                    .as_u64()
+                    .map_or(100, |l| usize::try_from(l).unwrap_or(usize::MAX))
+                    .clamp(1, cfg.query_max_records),
+            ),
+            max_bytes: Some(cfg.query_page_bytes()),
         };
         let key = self.shared.field_key.clone();
         let conn = conn.clone();
@@ -950,11 +956,7 @@ impl ShardCtx {
             let r =
                 tokio::task::spawn_blocking(move || store.store.scan(&scan, key.as_ref())).await;
             match r {
-                Ok(Ok(records)) => {
-                    let body = serde_json::to_vec(&serde_json::json!({ "records": records }))
-                        .expect("serialises");
-                    send_result(&conn, "response", &request_id, true, &body);
-                }
+                Ok(Ok(page)) => send_result(&conn, "response", &request_id, true, &page.to_json()),
                 Ok(Err(e)) => send_result(
                     &conn,
                     "response",

@@ -62,7 +62,8 @@ impl FieldKey {
         B64.encode(out)
     }
 
-    fn open(&self, sealed: &str, path: &str) -> Result<Vec<u8>, CryptoError> {
+    /// Open one sealed value (`path` names it in the error).
+    pub(crate) fn open(&self, sealed: &str, path: &str) -> Result<Vec<u8>, CryptoError> {
         let raw = B64
             .decode(sealed)
             .map_err(|_| CryptoError::Decrypt(path.to_owned()))?;
@@ -82,6 +83,34 @@ impl FieldKey {
                 *v = serde_json::json!({ MARKER: self.seal(&plain) });
             }
         }
+    }
+
+    /// Seal each field named by a dot path in `data`, the JSON text of a
+    /// record's `data` as the client sent it, leaving every other byte as it
+    /// is (numbers digit for digit, key order, whitespace). The plaintext
+    /// sealed is the field's own text, so a reader that splices it back
+    /// returns exactly what was sent. Paths that are not there are skipped,
+    /// as in [`FieldKey::encrypt_fields`]. `None` when a path cannot be
+    /// followed in the text (an object on the way has a key written with
+    /// escapes): the caller then seals the parsed value instead.
+    pub fn encrypt_fields_text(&self, data: &[u8], paths: &[String]) -> Option<Vec<u8>> {
+        let mut text = data.to_vec();
+        for p in paths {
+            let Some((start, end)) = text_span(&text, p)? else {
+                continue;
+            };
+            let sealed = self.seal(&text[start..end]);
+            let mut out = Vec::with_capacity(text.len() + sealed.len());
+            out.extend_from_slice(&text[..start]);
+            out.extend_from_slice(b"{\"");
+            out.extend_from_slice(MARKER.as_bytes());
+            out.extend_from_slice(b"\":\"");
+            out.extend_from_slice(sealed.as_bytes());
+            out.extend_from_slice(b"\"}");
+            out.extend_from_slice(&text[end..]);
+            text = out;
+        }
+        Some(text)
     }
 
     /// Decrypt every encrypted field found under the given paths.
@@ -149,6 +178,28 @@ fn walk(
     Ok(())
 }
 
+/// Where the value at a dot path is in the JSON text `text`: `Some(None)`
+/// when it is not there, `None` when the text cannot tell (escaped keys).
+fn text_span(text: &[u8], path: &str) -> Option<Option<(usize, usize)>> {
+    let base = text.as_ptr() as usize;
+    let mut cur = text;
+    for seg in path.split('.') {
+        let body = cur.trim_ascii_start();
+        if body.first() != Some(&b'{') {
+            return Some(None);
+        }
+        match crate::protocol::json::member_span(cur, seg) {
+            Some(v) => cur = v,
+            // `member_span` also says None when a key has escapes: only
+            // an object without any backslash is known not to hold `seg`.
+            None if !cur.contains(&b'\\') => return Some(None),
+            None => return None,
+        }
+    }
+    let start = cur.as_ptr() as usize - base;
+    Some(Some((start, start + cur.len())))
+}
+
 /// The value at a dot path (`location.lat`) inside objects.
 pub fn lookup_mut<'a>(v: &'a mut Value, path: &str) -> Option<&'a mut Value> {
     let mut cur = v;
@@ -193,6 +244,48 @@ mod tests {
         let mut w = orig.clone();
         k.encrypt_fields(&mut w, &paths);
         assert_ne!(v["user_data"], w["user_data"]);
+    }
+
+    #[test]
+    fn text_sealing_keeps_every_other_byte() {
+        let k = key(3);
+        let data = br#"{ "user_data" : {"name":"ann", "n":0.026279616940263262},
+            "location":{"lat":51.50720000000000001,"lon":-0.1},"z":123456789012345678901234567890}"#;
+        let paths = vec![
+            "user_data".to_string(),
+            "location.lat".to_string(),
+            "nope.x".to_string(),
+        ];
+        let sealed = k.encrypt_fields_text(data, &paths).unwrap();
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        assert!(!text.contains("ann") && !text.contains("51.5072"), "{text}");
+        assert!(
+            text.starts_with(r#"{ "user_data" : {"$encrypted":""#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#"},"lon":-0.1},"z":123456789012345678901234567890}"#),
+            "{text}"
+        );
+        // Each sealed value is the field's own text.
+        let v: Value = serde_json::from_slice(&sealed).unwrap();
+        let open = |v: &Value| {
+            let s = v[MARKER].as_str().unwrap();
+            String::from_utf8(k.open(s, "p").unwrap()).unwrap()
+        };
+        assert_eq!(
+            open(&v["user_data"]),
+            r#"{"name":"ann", "n":0.026279616940263262}"#
+        );
+        assert_eq!(open(&v["location"]["lat"]), "51.50720000000000001");
+        // An escaped key on the way: the text cannot tell, the caller falls
+        // back to the parsed value.
+        assert_eq!(
+            k.encrypt_fields_text(br#"{"user\u005fdata":1}"#, &paths),
+            None
+        );
+        // Not an object, or the path is missing: nothing sealed.
+        assert_eq!(k.encrypt_fields_text(b"[1]", &paths).unwrap(), b"[1]");
     }
 
     #[test]

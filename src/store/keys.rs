@@ -5,8 +5,13 @@
 //! - `meta` column family: `seq/<table>` → the last insertId issued for the
 //!   table (u64 BE), written in the same batch as the records, so ids stay
 //!   monotonic across restarts even after retention deleted every record.
-//! - `dedup` column family: `<deviceId> 0x00 <messageId>` → table name
-//!   length (u8), table name, insertId (u64 BE), expiry (unix ms, u64 BE).
+//! - `dedup` column family: `0xFF`, then scope, deviceId and messageId, each
+//!   as its length (u32 BE) and bytes → table name length (u8), table name,
+//!   insertId (u64 BE), expiry (unix ms, u64 BE). Length prefixes make the
+//!   encoding injective: no two (scope, deviceId, messageId) triples share a
+//!   key, whatever bytes (NUL included) the ids hold. The leading `0xFF`,
+//!   which no UTF-8 text contains, keeps these keys apart from those of
+//!   older versions (`<deviceId> 0x00 <messageId>`), which simply expire.
 
 /// Column family for counters.
 pub const META_CF: &str = "meta";
@@ -28,12 +33,20 @@ pub fn seq_key(table: &str) -> Vec<u8> {
     format!("seq/{table}").into_bytes()
 }
 
-/// Key of a de-duplication entry.
-pub fn dedup_key(device: &str, message_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(device.len() + 1 + message_id.len());
-    k.extend_from_slice(device.as_bytes());
-    k.push(0);
-    k.extend_from_slice(message_id.as_bytes());
+/// First byte of every de-duplication key of this layout.
+pub const DEDUP_TAG: u8 = 0xFF;
+
+/// Key of a de-duplication entry: `0xFF`, then each part as u32 BE length
+/// and bytes.
+pub fn dedup_key(scope: &str, device: &str, message_id: &str) -> Vec<u8> {
+    let parts = [scope, device, message_id];
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| 4 + p.len()).sum::<usize>());
+    k.push(DEDUP_TAG);
+    for p in parts {
+        // Ids are bounded by the message size (far below 4 GiB).
+        k.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+        k.extend_from_slice(p.as_bytes());
+    }
     k
 }
 
@@ -69,6 +82,46 @@ mod tests {
         ks.sort();
         let ids: Vec<u64> = ks.iter().map(|k| parse_record_key(k).unwrap()).collect();
         assert_eq!(ids, vec![2, 17, 300, 1 << 40]);
+    }
+
+    /// Issue 9 item 8: (`a\0b`, `c`) and (`a`, `b\0c`) were one key.
+    #[test]
+    fn issue9_item8_dedup_keys_do_not_collide() {
+        let triples = [
+            ("", "a\0b", "c"),
+            ("", "a", "b\0c"),
+            ("", "a", "b"),
+            ("", "ab", ""),
+            ("", "", "ab"),
+            ("a", "", "b"),
+            ("s1", "dev", "m-1"),
+            ("s2", "dev", "m-1"),
+            ("", "dev", "m-1"),
+            ("\0", "", ""),
+            ("", "\0", ""),
+            ("", "", "\0"),
+        ];
+        let keys: Vec<Vec<u8>> = triples.iter().map(|(s, d, m)| dedup_key(s, d, m)).collect();
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate() {
+                assert_eq!(a == b, i == j, "{:?} vs {:?}", triples[i], triples[j]);
+            }
+            // Never the shape of an old key (UTF-8 text has no 0xFF).
+            assert_eq!(a[0], DEDUP_TAG);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dedup_keys_are_injective(
+            // A small alphabet with NUL, so that near-collisions are common.
+            a in proptest::collection::vec("[ab\\x00]{0,4}", 3),
+            b in proptest::collection::vec("[ab\\x00]{0,4}", 3),
+        ) {
+            let ka = dedup_key(&a[0], &a[1], &a[2]);
+            let kb = dedup_key(&b[0], &b[1], &b[2]);
+            proptest::prop_assert_eq!(ka == kb, a == b);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod crypto;
 pub mod keys;
 mod read;
+pub mod record;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -21,10 +22,8 @@ use std::time::Duration;
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 
-pub use read::{Scan, TableStats};
+pub use read::{Page, Record, Scan, Skipped, TableStats};
 pub(crate) use writer::{Completion, DedupKey, WriteMsg, WriteTask};
-
-use self::crypto::FieldKey;
 
 /// How durable an acknowledged record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -206,25 +205,6 @@ impl Store {
 
     pub(crate) fn db(&self) -> &Arc<DB> {
         &self.db
-    }
-
-    /// Decode a stored record, decrypting with `key` if given.
-    pub fn decode(
-        table: &str,
-        id: u64,
-        raw: &[u8],
-        key: Option<&FieldKey>,
-    ) -> Result<serde_json::Value, StoreError> {
-        let mut v: serde_json::Value =
-            serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
-                table: table.to_owned(),
-                id,
-                message: e.to_string(),
-            })?;
-        if let (Some(k), Some(data)) = (key, v.get_mut("data")) {
-            k.decrypt_all(data)?;
-        }
-        Ok(v)
     }
 }
 

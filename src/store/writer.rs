@@ -29,15 +29,24 @@ pub(crate) struct WriteTask {
     pub(crate) dedup: Option<DedupKey>,
 }
 
-/// What makes a record a repeat of an earlier one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What makes two `data` messages "the same message" for de-duplication.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DedupKey {
-    /// The credential the connection proved ("" without authentication).
+    /// The identity the connection's credential proves (e.g. the auth
+    /// token entry that authenticated it), `""` with authentication off:
+    /// a client can only collide with messages of its own identity.
     pub(crate) scope: String,
-    /// deviceId (or clientId without one).
+    /// deviceId from the handshake, else the clientId.
     pub(crate) device: String,
-    /// The client's messageId.
+    /// The message's `messageId`.
     pub(crate) message: String,
+}
+
+impl DedupKey {
+    /// The `dedup` column family key (see [`keys::dedup_key`]).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        keys::dedup_key(&self.scope, &self.device, &self.message)
+    }
 }
 
 /// A message to the writer.
@@ -90,7 +99,17 @@ struct Writer {
     counters: HashMap<String, u64>,
     mailboxes: Vec<Mailbox>,
     wopts: WriteOptions,
+    /// Where the next sweep of expired de-duplication entries starts: each
+    /// sweep looks at a bounded number, so with more live entries than
+    /// that the sweeps take turns over the whole column family instead of
+    /// re-reading its first part forever.
+    dedup_cursor: Option<Vec<u8>>,
+    /// Most entries one sweep looks at ([`DEDUP_SWEEP`]; smaller in tests).
+    dedup_sweep: usize,
 }
+
+/// Most de-duplication entries one maintenance sweep looks at.
+const DEDUP_SWEEP: usize = 100_000;
 
 /// Start the writer thread.
 pub(crate) fn spawn_writer(
@@ -118,6 +137,8 @@ pub(crate) fn spawn_writer(
         counters,
         mailboxes,
         wopts,
+        dedup_cursor: None,
+        dedup_sweep: DEDUP_SWEEP,
     };
     std::thread::Builder::new()
         .name("wsh-store-writer".into())
@@ -227,10 +248,7 @@ impl Writer {
                 ));
                 continue;
             };
-            let dkey = t
-                .dedup
-                .as_ref()
-                .map(|d| keys::dedup_key(&d.device, &d.message));
+            let dkey = t.dedup.as_ref().map(DedupKey::encode);
             if let Some(k) = &dkey {
                 let earlier = match seen.get(k) {
                     Some(id) => Some(*id),
@@ -368,16 +386,20 @@ impl Writer {
         let now = now_ms();
         let mut wb = WriteBatch::default();
         let mut it = db.raw_iterator_cf(dedup);
-        it.seek_to_first();
+        match self.dedup_cursor.take() {
+            Some(k) => it.seek(k),
+            None => it.seek_to_first(),
+        }
         let mut scanned = 0;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if scanned >= self.dedup_sweep {
+                self.dedup_cursor = Some(k.to_vec());
+                break;
+            }
             if keys::parse_dedup_value(v).is_none_or(|(_, _, exp)| exp <= now) {
                 wb.delete_cf(dedup, k);
             }
             scanned += 1;
-            if scanned >= 100_000 {
-                break;
-            }
             it.next();
         }
         if !wb.is_empty() {
@@ -404,6 +426,67 @@ mod tests {
             br#"{"insertId":7,"a":1}"#.to_vec()
         );
         assert_eq!(splice_id(b"{}", 7), br#"{"insertId":7}"#.to_vec());
+    }
+
+    /// Each sweep looked at the first 100,000 entries only: with that many
+    /// live ones in front, expired entries behind them were never deleted
+    /// and the `dedup` column family grew without bound.
+    #[test]
+    fn dedup_sweeps_reach_expired_entries_behind_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            dir: dir.path().to_path_buf(),
+            tables: vec!["t".into()],
+            durability: Durability::Wal,
+            batch_max: 64,
+            batch_bytes: 1 << 20,
+            queue: 16,
+            dedup_window: Duration::from_secs(60),
+            retention: vec![],
+            write_buffer_size: 1 << 20,
+        };
+        let store = Store::open(&cfg).unwrap();
+        let db = store.db().clone();
+        let cf = db.cf_handle(keys::DEDUP_CF).unwrap();
+        let now = now_ms();
+        for i in 0..5u64 {
+            // Device "a" sorts before "b": live entries first.
+            let m = i.to_string();
+            db.put_cf(
+                cf,
+                keys::dedup_key("", "a", &m),
+                keys::dedup_value("t", i, now + 3_600_000),
+            )
+            .unwrap();
+            db.put_cf(
+                cf,
+                keys::dedup_key("", "b", &m),
+                keys::dedup_value("t", i, now - 1),
+            )
+            .unwrap();
+        }
+        let (mailbox, _inbox) = crate::shard::mailbox();
+        let mut w = Writer {
+            blocked: Default::default(),
+            store: store.clone(),
+            cfg,
+            counters: HashMap::new(),
+            mailboxes: vec![mailbox],
+            wopts: WriteOptions::default(),
+            dedup_cursor: None,
+            dedup_sweep: 3,
+        };
+        for _ in 0..4 {
+            w.maintenance();
+        }
+        let left: Vec<Vec<u8>> = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap().0.to_vec())
+            .collect();
+        let live: Vec<Vec<u8>> = (0..5u64)
+            .map(|i| keys::dedup_key("", "a", &i.to_string()))
+            .collect();
+        assert_eq!(left, live);
     }
 
     #[test]
