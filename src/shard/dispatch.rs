@@ -781,12 +781,16 @@ impl ShardCtx {
         message_id: Option<&str>,
     ) -> Vec<u8> {
         let cfg = &self.shared.config;
+        // Sealed in the text: every other byte stays as the client sent it.
         let sealed = match &self.shared.field_key {
-            Some(k) if !cfg.fields_to_encrypt.is_empty() => {
-                let mut d = to_serde(data);
-                k.encrypt_fields(&mut d, &cfg.fields_to_encrypt);
-                Some(serde_json::to_vec(&d).expect("value serialises"))
-            }
+            Some(k) if !cfg.fields_to_encrypt.is_empty() => Some(
+                k.encrypt_fields_text(data, &cfg.fields_to_encrypt)
+                    .unwrap_or_else(|| {
+                        let mut d = to_serde(data);
+                        k.encrypt_fields(&mut d, &cfg.fields_to_encrypt);
+                        serde_json::to_vec(&d).expect("value serialises")
+                    }),
+            ),
             _ => None,
         };
         let client_type = conn.client.borrow().client_type.clone();
@@ -1263,6 +1267,13 @@ impl ShardCtx {
             );
             return None;
         }
+        // Forget it with the caller's timeout: a routed caller's shard
+        // answers "timed out" at the same moment, whichever comes first; an
+        // API caller has its own timer, so give it a second to fire first.
+        let mut timeout = self.shared.config.request_timeout;
+        if matches!(target, Target::Api(_)) {
+            timeout += std::time::Duration::from_secs(1);
+        }
         self.served.borrow_mut().insert(
             srv_id.clone(),
             Served {
@@ -1271,13 +1282,7 @@ impl ShardCtx {
                 _pending: PendingGuard::served(conn),
             },
         );
-        // Forget it with the caller's timeout (the caller has its own timer
-        // and answers "timed out"; this frees the entry).
-        let (me, id, timeout) = (
-            self.self_rc(),
-            srv_id.clone(),
-            self.shared.config.request_timeout,
-        );
+        let (me, id) = (self.self_rc(), srv_id.clone());
         tokio::task::spawn_local(async move {
             tokio::time::sleep(timeout).await;
             let gone = me.served.borrow_mut().remove(&id);

@@ -128,7 +128,8 @@ impl ProtocolHarness {
 }
 
 /// The payload of an unmasked, uncompressed server frame.
-pub fn frame_payload(frame: &[u8]) -> &[u8] {
+#[cfg(test)]
+fn frame_payload(frame: &[u8]) -> &[u8] {
     let len = frame[1] & 0x7f;
     let start = match len {
         126 => 4,

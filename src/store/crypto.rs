@@ -91,8 +91,7 @@ impl FieldKey {
     /// sealed is the field's own text, so a reader that splices it back
     /// returns exactly what was sent. Paths that are not there are skipped,
     /// as in [`FieldKey::encrypt_fields`]. `None` when a path cannot be
-    /// followed in the text (an object on the way has a key written with
-    /// escapes): the caller then seals the parsed value instead.
+    /// followed in the text: the caller then seals the parsed value instead.
     pub fn encrypt_fields_text(&self, data: &[u8], paths: &[String]) -> Option<Vec<u8>> {
         let mut text = data.to_vec();
         for p in paths {
@@ -178,8 +177,8 @@ fn walk(
     Ok(())
 }
 
-/// Where the value at a dot path is in the JSON text `text`: `Some(None)`
-/// when it is not there, `None` when the text cannot tell (escaped keys).
+/// Where the value at a dot path is in the JSON text `text` (validated):
+/// `Some(None)` when it is not there. Keys written with escapes match.
 fn text_span(text: &[u8], path: &str) -> Option<Option<(usize, usize)>> {
     let base = text.as_ptr() as usize;
     let mut cur = text;
@@ -188,12 +187,10 @@ fn text_span(text: &[u8], path: &str) -> Option<Option<(usize, usize)>> {
         if body.first() != Some(&b'{') {
             return Some(None);
         }
-        match crate::protocol::json::member_span(cur, seg) {
-            Some(v) => cur = v,
-            // `member_span` also says None when a key has escapes: only
-            // an object without any backslash is known not to hold `seg`.
-            None if !cur.contains(&b'\\') => return Some(None),
-            None => return None,
+        // Keys written with escapes are decoded, so absent means absent.
+        match crate::protocol::scan::Field::from_validated(body).get(seg) {
+            Some(v) => cur = v.raw(),
+            None => return Some(None),
         }
     }
     let start = cur.as_ptr() as usize - base;
@@ -278,11 +275,15 @@ mod tests {
             r#"{"name":"ann", "n":0.026279616940263262}"#
         );
         assert_eq!(open(&v["location"]["lat"]), "51.50720000000000001");
-        // An escaped key on the way: the text cannot tell, the caller falls
-        // back to the parsed value.
-        assert_eq!(
-            k.encrypt_fields_text(br#"{"user\u005fdata":1}"#, &paths),
-            None
+        // A key written with an escape is the same key: sealed too, the
+        // key's spelling kept.
+        let t = k
+            .encrypt_fields_text(br#"{"user\u005fdata":1}"#, &paths)
+            .unwrap();
+        let t = String::from_utf8(t).unwrap();
+        assert!(
+            t.starts_with(r#"{"user\u005fdata":{""#) && t.contains(MARKER),
+            "{t}"
         );
         // Not an object, or the path is missing: nothing sealed.
         assert_eq!(k.encrypt_fields_text(b"[1]", &paths).unwrap(), b"[1]");

@@ -124,7 +124,9 @@ fn normalise(t: &str) -> Result<String, StoreError> {
 /// The record's `timestamp` string, found by scanning its top level (no
 /// parse of `data`).
 fn timestamp(raw: &[u8]) -> Option<&[u8]> {
-    let v = crate::protocol::json::member_span(raw, "timestamp")?;
+    let v = crate::protocol::scan::Field::from_validated(raw.trim_ascii())
+        .get("timestamp")?
+        .raw();
     let s = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
     (!s.contains(&b'\\')).then_some(s)
 }
