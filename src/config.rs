@@ -183,7 +183,7 @@ pub struct Config {
     /// deflate costs more than it saves on tiny messages. Default 256.
     pub compression_threshold: usize,
     /// Keep permessage-deflate state between messages (context takeover).
-    /// Threat: zlib state is ~463 KB per connection that has exchanged a
+    /// Threat: zlib state is ~472 KB per connection that has exchanged a
     /// compressed message (measured: docs/benchmarks.md), so 10k clients
     /// could pin gigabytes. Off, the server negotiates
     /// `server_no_context_takeover` and `client_no_context_takeover`, and

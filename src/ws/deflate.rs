@@ -1,11 +1,11 @@
 //! permessage-deflate (RFC 7692): offer negotiation and the per-connection
 //! compressor/decompressor.
 //!
-//! zlib state is large: with zlib-rs a compressor costs about 370 KiB at a
-//! 15-bit window and memLevel 8 (window, chain and a fixed 128 KiB hash
-//! table), a decompressor about 40 KiB. Held per connection, as context
-//! takeover requires, that was measured at ~463 KB per connection that had
-//! exchanged one message (docs/benchmarks.md). So the server's policy
+//! zlib state is large: with zlib-rs a compressor allocates about 370 KiB at
+//! a 15-bit window and memLevel 8 (window, chain, a fixed 128 KiB hash table
+//! and symbol buffers), a decompressor its 32 KiB window and state. Held per
+//! connection, as context takeover requires, that measured 472 KB of RSS
+//! per connection that had exchanged one message (docs/benchmarks.md). So the server's policy
 //! ([`DeflatePolicy`], from the config) is by default *no context takeover*:
 //! the response always carries `server_no_context_takeover` and
 //! `client_no_context_takeover` (RFC 7692 §7.1.1.1 and §7.1.1.2 let a server
