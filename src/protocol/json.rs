@@ -14,7 +14,7 @@ pub struct Obj {
 }
 
 /// Bytes that must be escaped inside a JSON string.
-const ESCAPE: [bool; 256] = {
+pub(crate) const ESCAPE: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 0x20 {

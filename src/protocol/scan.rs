@@ -29,6 +29,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+// Bytes that end the fast part of a string scan: exactly those a JSON
+// string must escape (control characters, `"`, `\`).
+use super::json::ESCAPE as STR_STOP;
+
 /// Upper bound for `max_json_depth`: the nesting stack is a `u128` of
 /// object/array bits.
 pub const MAX_DEPTH_LIMIT: u32 = 128;
@@ -383,19 +387,6 @@ fn check_duplicates(text: &[u8], m: &[Member]) -> Result<(), ScanError> {
         None => Ok(()),
     }
 }
-
-/// Bytes that end the fast part of a string scan.
-const STR_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
 
 struct Scanner<'t> {
     b: &'t [u8],

@@ -202,11 +202,12 @@ mod tests {
 
     #[test]
     fn auth_gate_and_feature_gate() {
-        let mut cfg = Config::default();
-        cfg.enable_authentication = true;
-        cfg.auth_token = Some("t".into());
-        cfg.enable_pub_sub = false;
-        let mut h = ProtocolHarness::new(cfg);
+        let mut h = ProtocolHarness::new(Config {
+            enable_authentication: true,
+            auth_token: Some("t".into()),
+            enable_pub_sub: false,
+            ..Config::default()
+        });
         let r = one(
             &mut h,
             json!({"type": "subscribe", "topic": "a", "requestId": 1}),
@@ -228,9 +229,10 @@ mod tests {
 
     #[test]
     fn data_without_store_and_validation() {
-        let mut cfg = Config::default();
-        cfg.required_fields = vec!["t".into()];
-        let mut h = ProtocolHarness::new(cfg);
+        let mut h = ProtocolHarness::new(Config {
+            required_fields: vec!["t".into()],
+            ..Config::default()
+        });
         assert_eq!(
             one(&mut h, json!({"type": "data", "data": {"t": 1}}))["success"],
             true
@@ -346,9 +348,10 @@ mod tests {
 
     #[test]
     fn error_budget_closes() {
-        let mut cfg = Config::default();
-        cfg.max_errors_per_minute = 2;
-        let mut h = ProtocolHarness::new(cfg);
+        let mut h = ProtocolHarness::new(Config {
+            max_errors_per_minute: 2,
+            ..Config::default()
+        });
         for _ in 0..3 {
             h.text("nope");
         }

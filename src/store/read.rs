@@ -169,10 +169,7 @@ impl Store {
             Some(f) => it.seek(keys::record_key(f)),
             None => it.seek_to_first(),
         }
-        loop {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let Some(id) = keys::parse_record_key(k) else {
                 // Not a record key (nothing else writes here): skip it.
                 it.next();

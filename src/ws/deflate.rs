@@ -179,7 +179,10 @@ fn accept_offer(policy: &DeflatePolicy, offer: &str) -> Option<(DeflateParams, S
 struct Spare {
     /// At most [`SPARE_COMPRESSORS`], each with its (window bits, memLevel).
     compress: Vec<(u8, u8, Box<zlib_rs::Deflate>)>,
-    /// At most [`SPARE_DECOMPRESSORS`], all with a 15-bit window.
+    /// At most [`SPARE_DECOMPRESSORS`], all with a 15-bit window. Boxed
+    /// because connections hold them boxed: moving one in or out of the
+    /// spares moves a pointer, not the inflater's state.
+    #[allow(clippy::vec_box)]
     decompress: Vec<Box<Decompress>>,
 }
 

@@ -62,18 +62,7 @@ impl Client {
 
     /// The next JSON message (pings are skipped).
     pub async fn recv(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("no message within WAIT")
-                .expect("stream ended")
-                .expect("websocket error");
-            match m {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Close(f) => panic!("closed: {f:?}"),
-                _ => continue,
-            }
-        }
+        serde_json::from_str(&self.recv_text().await).unwrap()
     }
 
     /// The next text message exactly as the server sent it.
