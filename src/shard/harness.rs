@@ -346,6 +346,107 @@ mod tests {
         assert_eq!(r["field"], "kind");
     }
 
+    proptest::proptest! {
+        /// What the fuzz target does, as a test: conversations of protocol
+        /// messages with fields of every JSON type never panic a handler.
+        #[test]
+        fn conversations_never_panic(msgs in proptest::collection::vec(arb_message(), 1..12), auth: bool) {
+            let mut h = ProtocolHarness::new(Config {
+                enable_authentication: auth,
+                auth_token: Some("t".into()),
+                ..Config::default()
+            });
+            for m in &msgs {
+                for f in h.text(m) {
+                    let reply: Value = serde_json::from_slice(frame_payload(&f)).expect("JSON reply");
+                    proptest::prop_assert!(reply["type"].is_string(), "{m} -> {reply}");
+                }
+            }
+        }
+    }
+
+    fn arb_message() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const TYPES: &[&str] = &[
+            "heartbeat",
+            "handshake",
+            "auth",
+            "data",
+            "sensor_data",
+            "request",
+            "rpc_call",
+            "response",
+            "rpc_response",
+            "register",
+            "unregister",
+            "subscribe",
+            "unsubscribe",
+            "publish",
+            "stream_start",
+            "stream_data",
+            "stream_end",
+        ];
+        const FIELDS: &[&str] = &[
+            "clientType",
+            "deviceId",
+            "token",
+            "data",
+            "dataType",
+            "table",
+            "messageId",
+            "requestId",
+            "endpoint",
+            "method",
+            "params",
+            "kind",
+            "name",
+            "topic",
+            "streamId",
+            "streamType",
+            "sequenceNumber",
+            "success",
+            "error",
+        ];
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("1e400".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            prop::sample::select(vec![
+                "service",
+                "echo",
+                "server.status",
+                "store.query",
+                "a.>",
+                "a.b",
+                "endpoint",
+                "method",
+                "AAEC",
+                "t",
+                ""
+            ])
+            .prop_map(|s| format!("\"{s}\"")),
+            Just("{\"a\":[1,{\"b\":null}]}".to_owned()),
+            Just("[]".to_owned()),
+        ];
+        (
+            prop::sample::select(TYPES),
+            proptest::collection::vec((prop::sample::select(FIELDS), value), 0..5),
+        )
+            .prop_map(|(ty, fields)| {
+                let mut m = format!("{{\"type\":\"{ty}\"");
+                let mut seen = std::collections::HashSet::new();
+                for (k, v) in fields {
+                    if seen.insert(k) {
+                        m.push_str(&format!(",\"{k}\":{v}"));
+                    }
+                }
+                m.push('}');
+                m
+            })
+    }
+
     #[test]
     fn error_budget_closes() {
         let mut h = ProtocolHarness::new(Config {
