@@ -18,12 +18,17 @@
 //! error instead of a silently ignored setting. Every error names where the bad
 //! value came from (file path, variable name or `--flag`) and the field.
 //!
-//! [`Config::validate`] then checks ranges and cross-field rules; the server
-//! only ever starts from a validated `Config`.
+//! [`Config::validate`] then checks ranges and cross-field rules and returns
+//! a [`Checked`] config with the derived values (table list, retention per
+//! table, largest message) computed once; the server only ever runs from a
+//! `Checked` config. This module imports nothing else of the crate: it is
+//! the bottom layer.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +114,12 @@ pub struct Config {
     /// Default 5s.
     #[serde(with = "duration_serde")]
     pub drain_timeout: Duration,
+    /// How long a new TCP connection may take to send its complete HTTP
+    /// upgrade request (slow-loris guard: a connection that trickles its
+    /// request holds a socket, not a `max_connections` slot). 1ms..=1h.
+    /// Default 10s.
+    #[serde(with = "duration_serde")]
+    pub handshake_timeout: Duration,
 
     // --- Shards & I/O ---
     /// Number of shards: one single-threaded runtime, each with its own
@@ -120,6 +131,11 @@ pub struct Config {
     /// Pin shard `i` to CPU `i`. Helps tail latency on dedicated machines;
     /// hurts when the host is shared or shards outnumber CPUs. Default false.
     pub pin_shards: bool,
+    /// Length of each shard listener's accept queue (`listen(2)` backlog;
+    /// the kernel caps it at `net.core.somaxconn`). Connections arriving
+    /// faster than the shards accept them wait here; past it the kernel
+    /// drops SYNs. 1..=65535. Default 4096.
+    pub listen_backlog: u32,
 
     // --- Authentication ---
     /// Require clients to present `auth_token` before anything else is
@@ -275,7 +291,7 @@ pub struct Config {
     /// survives power loss), `"wal"` (WAL written, fsync left to the OS:
     /// survives a process crash), `"none"` (no WAL: throwaway data).
     /// Default `"sync"`.
-    pub durability: crate::store::Durability,
+    pub durability: Durability,
     /// Most records the writer commits in one batch. Default 4096.
     pub store_batch_max: usize,
     /// Most bytes the writer commits in one batch. Default 4 MiB.
@@ -328,11 +344,13 @@ impl Default for Config {
             shards: default_shards(),
             io_driver: IoDriver::Auto,
             pin_shards: false,
+            listen_backlog: 4096,
             enable_authentication: false,
             auth_token: None,
             auth_tokens: Vec::new(),
             max_auth_failures: 3,
             auth_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             client_types: vec![
                 "microcontroller".into(),
                 "application".into(),
@@ -370,7 +388,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./wshandler-data"),
             db_table_name: "sensor_data".to_owned(),
             persist: true,
-            durability: crate::store::Durability::Sync,
+            durability: Durability::Sync,
             store_batch_max: 4096,
             store_batch_bytes: 4 * 1024 * 1024,
             store_queue: 65536,
@@ -413,11 +431,13 @@ impl fmt::Debug for Config {
             shards,
             io_driver,
             pin_shards,
+            listen_backlog,
             enable_authentication,
             auth_token,
             auth_tokens,
             max_auth_failures,
             auth_timeout,
+            handshake_timeout,
             client_types,
             max_errors_per_minute,
             enable_request_response,
@@ -471,6 +491,7 @@ impl fmt::Debug for Config {
             .field("shards", shards)
             .field("io_driver", io_driver)
             .field("pin_shards", pin_shards)
+            .field("listen_backlog", listen_backlog)
             .field("enable_authentication", enable_authentication)
             .field("auth_token", &auth_token.as_ref().map(|_| "<redacted>"))
             .field(
@@ -479,6 +500,7 @@ impl fmt::Debug for Config {
             )
             .field("max_auth_failures", max_auth_failures)
             .field("auth_timeout", auth_timeout)
+            .field("handshake_timeout", handshake_timeout)
             .field("client_types", client_types)
             .field("max_errors_per_minute", max_errors_per_minute)
             .field("enable_request_response", enable_request_response)
@@ -529,6 +551,68 @@ impl fmt::Debug for Config {
             .field("query_max_bytes", query_max_bytes)
             .finish()
     }
+}
+
+/// Largest message accepted in echo mode whatever `max_payload_size` says:
+/// the Autobahn suite sends 16 MiB (cases 9.1.6 and 9.2.6).
+pub const ECHO_MIN_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// A configuration that passed [`Config::validate`], with the values derived
+/// from it computed once. Reads as a [`Config`] (`Deref`).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    config: Config,
+    tables: Vec<Arc<str>>,
+    retention: Vec<(String, Option<Duration>)>,
+    max_message_size: usize,
+}
+
+impl Deref for Checked {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Checked {
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every table a record may go to: `db_table_name` first, then
+    /// `allowed_tables` (shared names: no allocation per record).
+    pub fn tables(&self) -> &[Arc<str>] {
+        &self.tables
+    }
+
+    /// Retention per table, in [`tables`](Self::tables) order (`None`:
+    /// keep forever).
+    pub fn retention(&self) -> &[(String, Option<Duration>)] {
+        &self.retention
+    }
+
+    /// Largest message accepted: `max_payload_size`, raised to
+    /// [`ECHO_MIN_PAYLOAD`] in echo mode.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+}
+
+/// How durable an acknowledged record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL fsynced before the ack: survives process crash and power loss.
+    #[default]
+    Sync,
+    /// WAL written (page cache) before the ack: survives a process crash,
+    /// not a power loss.
+    Wal,
+    /// No WAL: records live in the memtable until a flush; a crash loses
+    /// them. For throwaway data.
+    None,
 }
 
 /// Which I/O driver the shards use for sockets.
@@ -639,17 +723,8 @@ fn valid_table(t: &str) -> bool {
 }
 
 impl Config {
-    /// What the server will agree to for permessage-deflate.
-    pub fn deflate_policy(&self) -> crate::ws::deflate::DeflatePolicy {
-        crate::ws::deflate::DeflatePolicy {
-            window_bits: self.compression_window_bits,
-            mem_level: self.compression_mem_level,
-            context_takeover: self.compression_context_takeover,
-        }
-    }
-
     /// Every table: `db_table_name` first, then `allowed_tables`.
-    pub fn tables(&self) -> Vec<String> {
+    fn table_list(&self) -> Vec<String> {
         let mut t = vec![self.db_table_name.clone()];
         for a in &self.allowed_tables {
             if !t.contains(a) {
@@ -667,9 +742,9 @@ impl Config {
     }
 
     /// Retention per table (`None`: keep forever).
-    pub fn table_retention_map(&self) -> Result<Vec<(String, Option<Duration>)>, ConfigError> {
+    fn retention_map(&self) -> Result<Vec<(String, Option<Duration>)>, ConfigError> {
         let mut out: Vec<(String, Option<Duration>)> = self
-            .tables()
+            .table_list()
             .into_iter()
             .map(|t| (t, (!self.retention.is_zero()).then_some(self.retention)))
             .collect();
@@ -772,8 +847,25 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks ranges and cross-field rules; returns the first violation.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks ranges and cross-field rules (the first violation is the
+    /// error) and computes the values derived from the settings, once: the
+    /// server only ever runs from a [`Checked`] config.
+    pub fn validate(&self) -> Result<Checked, ConfigError> {
+        self.check_rules()?;
+        let tables = self.table_list().iter().map(|t| Arc::from(t.as_str())).collect();
+        Ok(Checked {
+            retention: self.retention_map()?,
+            max_message_size: if self.echo {
+                self.max_payload_size.max(ECHO_MIN_PAYLOAD)
+            } else {
+                self.max_payload_size
+            },
+            tables,
+            config: self.clone(),
+        })
+    }
+
+    fn check_rules(&self) -> Result<(), ConfigError> {
         fn invalid(field: &'static str, message: String) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { field, message })
         }
@@ -786,6 +878,12 @@ impl Config {
         }
         if self.max_connections < 1 {
             return invalid("max_connections", "must be at least 1 (got 0)".to_owned());
+        }
+        if !(1..=65_535).contains(&self.listen_backlog) {
+            return invalid(
+                "listen_backlog",
+                format!("must be 1..=65535 (got {})", self.listen_backlog),
+            );
         }
         if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.max_payload_size) {
             return invalid(
@@ -901,6 +999,15 @@ impl Config {
         if self.max_auth_failures == 0 {
             return invalid("max_auth_failures", "must be at least 1".to_owned());
         }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > MAX_DRAIN {
+            return invalid(
+                "handshake_timeout",
+                format!(
+                    "must be greater than 0 and at most 1h (got {})",
+                    humantime::format_duration(self.handshake_timeout)
+                ),
+            );
+        }
         if self.auth_timeout.is_zero() {
             return invalid("auth_timeout", "must be greater than 0".to_owned());
         }
@@ -926,7 +1033,7 @@ impl Config {
                 "must be at least 64 KiB".to_owned(),
             );
         }
-        self.table_retention_map()?;
+        self.retention_map()?;
         if !(1..=100_000).contains(&self.query_max_records) {
             return invalid(
                 "query_max_records",
@@ -1001,9 +1108,11 @@ const FIELDS: &[(&str, Kind)] = &[
     ("host", Kind::Str),
     ("max_connections", Kind::Int),
     ("drain_timeout", Kind::Duration),
+    ("handshake_timeout", Kind::Duration),
     ("shards", Kind::Int),
     ("io_driver", Kind::Str),
     ("pin_shards", Kind::Bool),
+    ("listen_backlog", Kind::Int),
     ("enable_authentication", Kind::Bool),
     ("auth_token", Kind::Str),
     ("auth_tokens", Kind::List),

@@ -4,22 +4,27 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one `Config` struct; defaults < TOML file < `WSH_*`
-//!   environment < CLI flags, validated into a checked config.
-//! - [`ws`]: the sans-IO WebSocket core (handshake, frame codec, masking,
-//!   UTF-8, close codes, permessage-deflate, session state machine). Bytes in,
-//!   messages and frames out; never a socket.
-//! - `shard`: one OS thread per core with its own runtime (io_uring via
-//!   tokio-uring, or epoll via tokio) and SO_REUSEPORT listener;
-//!   `shard::driver` is the only code that touches sockets.
-//! - [`server`]: bootstrap, lifecycle and the cross-thread API
-//!   ([`WebSocketHandler`]).
-//! - [`events`]: server events, delivered to subscribers off the hot path.
-//! - [`protocol`]: the WebSocketHandler JSON protocol (message types, error
-//!   codes, topics, reply building); `shard::dispatch` applies it.
-//! - [`store`]: RocksDB persistence — the writer thread (group commit),
-//!   keys, field encryption, read-back.
-//! - [`api`]: handlers the embedding program registers for requests and RPC.
+//! Layers, bottom to top; each imports only from the layers below it:
+//!
+//! 1. [`config`]: the one `Config` struct; defaults < TOML file < `WSH_*`
+//!    environment < CLI flags, validated into a [`config::Checked`] config
+//!    with the derived values computed once. Imports nothing of the crate.
+//! 2. [`ws`]: the sans-IO WebSocket core (handshake, frame codec, masking,
+//!    UTF-8, close codes, permessage-deflate, session state machine). Bytes
+//!    in, messages and frames out; never a socket. [`protocol`]: the
+//!    WebSocketHandler JSON codec (message kinds, the validating scan,
+//!    reply building, topics, binary stream frames, error codes). [`status`],
+//!    [`events`], [`api`]: plain data, the event hub, the handler registry.
+//! 3. [`store`]: RocksDB persistence — the writer thread (group commit)
+//!    reporting through a sink it is given, each shard's back-pressure
+//!    queue, keys, field encryption, read-back.
+//! 4. `shard`: one OS thread per core with its own runtime (io_uring via
+//!    tokio-uring, or epoll via tokio) and SO_REUSEPORT listener; inside,
+//!    the mesh between shards, the connection state, the protocol handlers
+//!    by message family, the transport, and `shard::driver`, the only code
+//!    that touches sockets.
+//! 5. [`server`]: bootstrap, lifecycle and the cross-thread API
+//!    ([`WebSocketHandler`], [`Handle`]).
 //!
 //! See `docs/architecture.md` for the design and its alternatives.
 
@@ -32,14 +37,15 @@ pub mod events;
 pub mod protocol;
 pub mod server;
 mod shard;
+pub mod status;
 pub mod store;
 pub mod ws;
 
 pub use api::{CallContext, HandlerResult};
 pub use config::{Config, IoDriver};
 pub use events::Event;
-pub use server::{ApiError, Handle, ServerError, Status, WebSocketHandler};
-pub use shard::DriverKind;
+pub use server::{ApiError, BindError, Handle, ServerError, Status, WebSocketHandler};
+pub use shard::{DriverKind, StartError};
 
 /// One shard's protocol handlers without sockets (fuzz targets, tests).
 #[doc(hidden)]

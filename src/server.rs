@@ -5,23 +5,28 @@
 //! `stop()` asks every shard to stop accepting, close its connections with
 //! 1001 and drain (bounded by `drain_timeout`), then joins the threads.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 use tracing::info;
 
 use crate::api::{self, CallContext, CallKind, HandlerResult, Registry};
 use crate::config::Config;
-use crate::events::{Event, EventHub};
-use crate::protocol::json::Obj;
-use crate::shard::{self, DriverKind, Mailbox, ShardHandle, ShardMsg, ShardSpec};
+pub use crate::config::ECHO_MIN_PAYLOAD;
+use crate::events::Event;
+use crate::protocol::stream as stream_msg;
+pub use crate::shard::driver::listen::BindError;
+use crate::shard::driver::listen;
+use crate::shard::mesh::{self, Publish, ShardMsg};
+use crate::shard::shared::Shared;
+use crate::shard::{self, DriverKind, ShardHandle, ShardSpec, StartError};
+pub use crate::status::{ClientInfo, ShardStatus, Status};
+use crate::store::StoreRuntime;
 use crate::ws::frame::{self, OpCode};
 
 /// Why the server could not start or stop.
@@ -30,35 +35,16 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// Another process listens on the address.
-    #[error("address {addr} is already in use")]
-    AddrInUse {
-        /// The address.
-        addr: SocketAddr,
-    },
-    /// Binding failed for another reason.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The host did not resolve.
-    #[error("cannot resolve host {host:?}: {message}")]
-    Resolve {
-        /// The configured host.
-        host: String,
-        /// The resolver's message.
-        message: String,
-    },
+    /// The listeners could not be bound (port taken, bad host, ...).
+    #[error(transparent)]
+    Listen(#[from] BindError),
     /// A shard could not start (e.g. io_uring forced but unavailable).
-    #[error("shard {shard} failed to start: {message}")]
+    #[error("shard {shard} failed to start: {source}")]
     Shard {
         /// Shard index.
         shard: usize,
         /// Why.
-        message: String,
+        source: StartError,
     },
     /// `start()` on a running server.
     #[error("server already started")]
@@ -103,140 +89,6 @@ pub enum ApiError {
     Invalid(String),
 }
 
-/// State every shard shares. Touched on connect/disconnect, never per message.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    /// Largest message accepted (max_payload_size, raised in echo mode).
-    pub(crate) max_message_size: usize,
-    pub(crate) conn_count: AtomicUsize,
-    pub(crate) stopping: AtomicBool,
-    pub(crate) events: EventHub,
-    pub(crate) started: Instant,
-    /// Distinguishes client ids across restarts.
-    pub(crate) instance: String,
-    pub(crate) shards: usize,
-    /// Every shard's mailbox, indexed by shard id.
-    pub(crate) mailboxes: Vec<Mailbox>,
-    /// The store writer's queue (persistence on).
-    pub(crate) store: Option<crate::store::StoreHandle>,
-    /// Key for `fields_to_encrypt`.
-    pub(crate) field_key: Option<crate::store::crypto::FieldKey>,
-    /// Handlers and service registrations.
-    pub(crate) registry: Arc<Registry>,
-}
-
-/// One connected client, as `get_status` reports it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ClientInfo {
-    /// Client id.
-    pub id: String,
-    /// Client type from its handshake.
-    pub client_type: Option<String>,
-    /// Device id from its handshake.
-    pub device_id: Option<String>,
-    /// Peer address.
-    pub remote_address: String,
-    /// When it connected (ISO-8601).
-    pub connected_since: String,
-    /// Whether it authenticated.
-    pub authenticated: bool,
-    /// Its subscription patterns.
-    pub subscriptions: Vec<String>,
-    /// Messages received from it.
-    pub messages_in: u64,
-    /// Messages queued to it.
-    pub messages_out: u64,
-}
-
-/// One shard's part of the status.
-#[derive(Debug, Clone, Serialize)]
-pub struct ShardStatus {
-    /// Shard index.
-    pub shard: usize,
-    /// Its clients.
-    pub clients: Vec<ClientInfo>,
-}
-
-/// The `get_status()` document.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    /// Open connections.
-    pub connection_count: usize,
-    /// The configured limit.
-    pub max_connections: usize,
-    /// Milliseconds since start.
-    pub uptime: u64,
-    /// Connections per shard.
-    pub shards: Vec<usize>,
-    /// Distinct subscription patterns across all clients.
-    pub topic_count: usize,
-    /// Every client.
-    pub clients: Vec<ClientInfo>,
-}
-
-/// Ask every shard for its clients and fold the answers.
-pub(crate) async fn collect_status(shared: &Shared) -> Status {
-    let mut rxs = Vec::new();
-    for m in &shared.mailboxes {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        m.send(ShardMsg::Status(tx));
-        rxs.push(rx);
-    }
-    let mut shards = Vec::new();
-    let mut clients = Vec::new();
-    for rx in rxs {
-        match rx.await {
-            Ok(s) => {
-                shards.push(s.clients.len());
-                clients.extend(s.clients);
-            }
-            Err(_) => shards.push(0),
-        }
-    }
-    let mut topics: Vec<&String> = clients
-        .iter()
-        .flat_map(|c| c.subscriptions.iter())
-        .collect();
-    topics.sort();
-    topics.dedup();
-    Status {
-        connection_count: shared.conn_count.load(Ordering::Acquire),
-        max_connections: shared.config.max_connections,
-        uptime: shared.started.elapsed().as_millis() as u64,
-        shards,
-        topic_count: topics.len(),
-        clients,
-    }
-}
-
-/// Which shard owns a client id (`<instance>-<shard>-<key>`), and its key.
-fn route(shared: &Shared, client_id: &str) -> Option<(usize, u64)> {
-    let mut parts = client_id.rsplitn(3, '-');
-    let key = parts.next()?.parse().ok()?;
-    let shard: usize = parts.next()?.parse().ok()?;
-    let instance = parts.next()?;
-    (instance == shared.instance && shard < shared.mailboxes.len()).then_some((shard, key))
-}
-
-impl Shared {
-    pub(crate) fn health_json(&self) -> String {
-        serde_json::json!({
-            "status": if self.stopping.load(Ordering::Acquire) { "stopping" } else { "ok" },
-            "connections": self.conn_count.load(Ordering::Acquire),
-            "maxConnections": self.config.max_connections,
-            "shards": self.shards,
-            "uptimeMs": self.started.elapsed().as_millis() as u64,
-        })
-        .to_string()
-    }
-}
-
-/// Largest message the Autobahn suite sends (cases 9.1.6 and 9.2.6).
-pub const ECHO_MIN_PAYLOAD: usize = 16 * 1024 * 1024;
-
 /// The WebSocket server (the seed's `WebSocketHandler`).
 #[derive(Debug)]
 pub struct WebSocketHandler {
@@ -247,10 +99,7 @@ pub struct WebSocketHandler {
     driver: Option<DriverKind>,
     events: Arc<EventHubSlot>,
     registry: Arc<Registry>,
-    writer: Option<(
-        crossbeam_channel::Sender<crate::store::WriteMsg>,
-        std::thread::JoinHandle<()>,
-    )>,
+    writer: Option<StoreRuntime>,
     store: Option<crate::store::Store>,
     /// Server-initiated streams: stream id → (client id, next sequence number).
     streams: std::sync::Mutex<HashMap<String, (String, u64)>>,
@@ -260,15 +109,6 @@ pub struct WebSocketHandler {
 #[derive(Debug, Default)]
 struct EventHubSlot {
     early: std::sync::Mutex<Vec<crossbeam_channel::Sender<Event>>>,
-}
-
-fn instance_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let mix = nanos ^ ((std::process::id() as u64) << 40);
-    format!("{:x}", mix & 0xffff_ffff_ffff)
 }
 
 impl WebSocketHandler {
@@ -298,53 +138,28 @@ impl WebSocketHandler {
         if self.shared.is_some() {
             return Err(ServerError::AlreadyStarted);
         }
-        self.config.validate()?;
-        let n = self.config.shards;
-        let listeners = shard::listen::bind_all(&self.config.host, self.config.port, n)?;
-        let addr = listeners[0]
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: SocketAddr::from(([0, 0, 0, 0], self.config.port)),
-                source,
-            })?;
-        let max_message_size = if self.config.echo {
-            self.config.max_payload_size.max(ECHO_MIN_PAYLOAD)
-        } else {
-            self.config.max_payload_size
-        };
-        let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| shard::mailbox()).unzip();
+        let config = self.config.validate()?;
+        let n = config.shards;
+        let listeners = listen::bind_all(&config.host, config.port, n, config.listen_backlog)?;
+        let addr = listen::local_addr(&listeners[0], config.port)?;
+        let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| mesh::mailbox()).unzip();
         let field_key = self.load_field_key()?;
         // Echo mode is the conformance mode: it never stores anything.
-        let (store, writer) = if self.config.persist && !self.config.echo {
-            let blocked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let (store, tx, handle) = self.open_store(&mailboxes, blocked.clone())?;
-            (
-                Some(crate::store::StoreHandle {
-                    tx: tx.clone(),
-                    store,
-                    blocked,
-                }),
-                Some((tx, handle)),
-            )
+        let writer = if config.persist && !config.echo {
+            Some(self.open_store(&config, mesh::store_sink(mailboxes.clone()))?)
         } else {
-            (None, None)
+            None
         };
-        self.store = store.as_ref().map(|s| s.store.clone());
+        self.store = writer.as_ref().map(|w| w.handle().store().clone());
+        let store = writer.as_ref().map(|w| w.handle().clone());
         self.writer = writer;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
+            config,
             mailboxes,
             store,
             field_key,
-            registry: self.registry.clone(),
-            config: self.config.clone(),
-            max_message_size,
-            conn_count: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
-            events: EventHub::default(),
-            started: Instant::now(),
-            instance: instance_tag(),
-            shards: n,
-        });
+            self.registry.clone(),
+        ));
         for tx in self.events.early.lock().expect("poisoned").drain(..) {
             shared.events.add(tx);
         }
@@ -355,6 +170,7 @@ impl WebSocketHandler {
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut shards = Vec::with_capacity(n);
+        let mut failure = None;
         for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let spec = ShardSpec {
                 id,
@@ -363,24 +179,24 @@ impl WebSocketHandler {
                 driver: self.config.io_driver,
                 core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
             };
-            let h =
-                shard::spawn(spec, inbox, ready_tx.clone()).map_err(|e| ServerError::Shard {
-                    shard: id,
-                    message: e.to_string(),
-                })?;
-            shards.push(h);
+            match shard::spawn(spec, inbox, ready_tx.clone()) {
+                Ok(h) => shards.push(h),
+                Err(source) => {
+                    failure = Some(ServerError::Shard { shard: id, source });
+                    break;
+                }
+            }
         }
         drop(ready_tx);
         let mut driver = None;
-        let mut failure = None;
-        for id in 0..n {
+        for id in 0..shards.len() {
             match ready_rx.recv() {
                 Ok(Ok(kind)) => driver = Some(kind),
-                Ok(Err(message)) => failure = Some(ServerError::Shard { shard: id, message }),
+                Ok(Err(source)) => failure = Some(ServerError::Shard { shard: id, source }),
                 Err(_) => {
                     failure = Some(ServerError::Shard {
                         shard: id,
-                        message: "shard thread exited during start".into(),
+                        source: StartError::Exited,
                     })
                 }
             }
@@ -389,7 +205,6 @@ impl WebSocketHandler {
         self.shared = Some(shared.clone());
         if let Some(e) = failure {
             self.stop().await;
-            self.shared = None;
             return Err(e);
         }
         self.addr = Some(addr);
@@ -438,42 +253,26 @@ impl WebSocketHandler {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn open_store(
         &self,
-        mailboxes: &[Mailbox],
-        blocked: Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<
-        (
-            crate::store::Store,
-            crossbeam_channel::Sender<crate::store::WriteMsg>,
-            std::thread::JoinHandle<()>,
-        ),
-        ServerError,
-    > {
-        let c = &self.config;
-        let dir = c.data_dir.clone();
-        let err = |source| ServerError::Store {
-            dir: dir.clone(),
-            source,
-        };
+        c: &crate::config::Checked,
+        sink: crate::store::CompletionSink,
+    ) -> Result<StoreRuntime, ServerError> {
         let cfg = crate::store::StoreConfig {
             dir: c.data_dir.clone(),
-            tables: c.tables(),
+            tables: c.tables().iter().map(|t| t.to_string()).collect(),
             durability: c.durability,
             batch_max: c.store_batch_max,
             batch_bytes: c.store_batch_bytes,
             queue: c.store_queue,
             dedup_window: c.dedup_window,
-            retention: c.table_retention_map()?,
+            retention: c.retention().to_vec(),
             write_buffer_size: c.store_write_buffer_size,
         };
-        let store = crate::store::Store::open(&cfg).map_err(err)?;
-        let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
-        let handle =
-            crate::store::spawn_writer(store.clone(), cfg, rx, mailboxes.to_vec(), blocked)
-                .map_err(err)?;
-        Ok((store, tx, handle))
+        crate::store::start(cfg, c.shards, sink).map_err(|source| ServerError::Store {
+            dir: c.data_dir.clone(),
+            source,
+        })
     }
 
     /// The store (persistence on, after `start`): `Store::scan` reads records back.
@@ -514,7 +313,7 @@ impl WebSocketHandler {
     /// encoded once and shared (connections with compression get their own).
     pub fn broadcast(&self, text: bool, payload: Bytes) {
         if let Ok(h) = self.handle() {
-            h.broadcast(text, payload, None);
+            let _ = h.broadcast(text, payload, None);
         }
     }
 
@@ -522,7 +321,7 @@ impl WebSocketHandler {
     /// (JSON) to every client, or only to clients of one type.
     pub fn broadcast_to_all(&self, message: &serde_json::Value, client_type_filter: Option<&str>) {
         if let Ok(h) = self.handle() {
-            h.broadcast_to_all(message, client_type_filter);
+            let _ = h.broadcast_to_all(message, client_type_filter);
         }
     }
 
@@ -609,10 +408,7 @@ impl WebSocketHandler {
             }
             streams.insert(stream_id.to_owned(), (client_id.to_owned(), 1));
         }
-        let msg = Obj::typed("stream_start")
-            .str("streamId", stream_id)
-            .str("streamType", stream_type)
-            .finish();
+        let msg = stream_msg::start_message(stream_id, stream_type);
         let r = self.send_raw(client_id, msg).await;
         if r.is_err() {
             self.streams.lock().expect("poisoned").remove(stream_id);
@@ -634,11 +430,7 @@ impl WebSocketHandler {
             e.1 += 1;
             (e.0.clone(), e.1 - 1)
         };
-        let msg = Obj::typed("stream_data")
-            .str("streamId", stream_id)
-            .value("data", data)
-            .u64("sequenceNumber", seq)
-            .finish();
+        let msg = stream_msg::data_message(stream_id, data, seq);
         self.send_raw(&client, msg).await
     }
 
@@ -650,16 +442,13 @@ impl WebSocketHandler {
             .expect("poisoned")
             .remove(stream_id)
             .ok_or_else(|| ApiError::Invalid(format!("unknown stream {stream_id}")))?;
-        let msg = Obj::typed("stream_end")
-            .str("streamId", stream_id)
-            .u64("chunks", next - 1)
-            .finish();
+        let msg = stream_msg::end_message(stream_id, next - 1);
         self.send_raw(&client, msg).await
     }
 
     /// Connection count, limits, uptime, every client, per-shard counts.
     pub async fn get_status(&self) -> Result<Status, ApiError> {
-        Ok(self.handle()?.get_status().await)
+        self.handle()?.get_status().await
     }
 
     /// Call `handler` on a dedicated thread for every event named `event`
@@ -684,33 +473,37 @@ impl WebSocketHandler {
     }
 
     /// Stop accepting, close every connection with 1001, wait for them to
-    /// close (at most `drain_timeout`), and join the shard threads.
+    /// close (at most `drain_timeout`), and join the shard threads, then
+    /// the store writer (which commits what is queued first).
     pub async fn stop(&mut self) {
-        let Some(shared) = self.shared.take() else {
-            return;
-        };
+        if let Some((shared, join)) = self.begin_stop() {
+            blocking(join).await;
+            stopped(&shared);
+        }
+    }
+
+    /// The one shutdown path (`stop` and `Drop`): mark the server stopping
+    /// (every [`Handle`] fails from now on), tell every shard, and hand back
+    /// the blocking part: join the shards, then the writer.
+    fn begin_stop(&mut self) -> Option<(Arc<Shared>, impl FnOnce() + Send + 'static)> {
+        let shared = self.shared.take()?;
         shared.stopping.store(true, Ordering::Release);
         for s in &self.shards {
             s.mailbox.send(ShardMsg::Stop);
         }
-        let threads: Vec<_> = self.shards.drain(..).map(|s| s.thread).collect();
-        blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
-        if let Some((tx, handle)) = self.writer.take() {
-            let _ = tx.send(crate::store::WriteMsg::Shutdown);
-            blocking(move || {
-                let _ = handle.join();
-            })
-            .await;
-        }
+        let shards = std::mem::take(&mut self.shards);
+        let writer = self.writer.take();
         self.store = None;
-        info!("wshandler stopped");
-        shared.events.emit(|| Event::ServerStopped);
         self.addr = None;
+        let join = move || {
+            for s in shards {
+                let _ = s.thread.join();
+            }
+            if let Some(w) = writer {
+                w.shutdown();
+            }
+        };
+        Some((shared, join))
     }
 
     /// Uptime since `start`.
@@ -728,13 +521,18 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// The server, unless `stop()` was called (or it was dropped).
     fn running(&self) -> Result<&Arc<Shared>, ApiError> {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(ApiError::NotRunning);
+        }
         Ok(&self.shared)
     }
 
     fn owner(&self, client_id: &str) -> Result<(&Arc<Shared>, usize, u64), ApiError> {
         let shared = self.running()?;
-        let (shard, key) = route(shared, client_id)
+        let (shard, key) = shared
+            .route(client_id)
             .ok_or_else(|| ApiError::UnknownClient(client_id.to_owned()))?;
         Ok((shared, shard, key))
     }
@@ -750,30 +548,10 @@ impl Handle {
         let shared = self.running()?;
         crate::protocol::topic::validate_publish(topic)
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let exclude = exclude_client_id.and_then(|c| route(shared, c));
-        let payload = Obj::typed("publish")
-            .str("topic", topic)
-            .value("data", data)
-            .str("from", "server")
-            .now()
-            .finish();
-        let frame = frame::encode(OpCode::Text, false, &payload);
-        let topic: Arc<str> = topic.into();
-        for (i, m) in shared.mailboxes.iter().enumerate() {
-            match exclude {
-                Some((shard, key)) if shard == i => m.send(ShardMsg::SendFiltered {
-                    topic: topic.clone(),
-                    payload: payload.clone(),
-                    frame: frame.clone(),
-                    exclude: key,
-                }),
-                _ => m.send(ShardMsg::Publish {
-                    topic: topic.clone(),
-                    payload: payload.clone(),
-                    frame: frame.clone(),
-                }),
-            }
-        }
+        let exclude = exclude_client_id.and_then(|c| shared.route(c));
+        let data = serde_json::to_vec(data).expect("value serialises");
+        let p = Publish::new(topic, &data, Some("server"), exclude);
+        mesh::fan_out(&shared.mailboxes, p, None);
         Ok(())
     }
 
@@ -827,19 +605,29 @@ impl Handle {
     }
 
     /// The seed's `broadcastToAll(message, clientTypeFilter)`.
-    pub fn broadcast_to_all(&self, message: &serde_json::Value, client_type_filter: Option<&str>) {
+    pub fn broadcast_to_all(
+        &self,
+        message: &serde_json::Value,
+        client_type_filter: Option<&str>,
+    ) -> Result<(), ApiError> {
         let payload = Bytes::from(serde_json::to_vec(message).expect("value serialises"));
-        self.broadcast(true, payload, client_type_filter);
+        self.broadcast(true, payload, client_type_filter)
     }
 
     /// Send a message to every open connection (of one client type, if
     /// `filter`). The frame is encoded once and shared; connections with
     /// compression get their own compressed copy.
-    pub fn broadcast(&self, text: bool, payload: Bytes, filter: Option<&str>) {
+    pub fn broadcast(
+        &self,
+        text: bool,
+        payload: Bytes,
+        filter: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let shared = self.running()?;
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         let frame = frame::encode(opcode, false, &payload);
         let filter: Option<Arc<str>> = filter.map(Into::into);
-        for m in &self.shared.mailboxes {
+        for m in &shared.mailboxes {
             m.send(ShardMsg::Broadcast {
                 text,
                 payload: payload.clone(),
@@ -847,28 +635,25 @@ impl Handle {
                 filter: filter.clone(),
             });
         }
+        Ok(())
     }
 
     /// See [`WebSocketHandler::get_status`].
-    pub async fn get_status(&self) -> Status {
-        collect_status(&self.shared).await
+    pub async fn get_status(&self) -> Result<Status, ApiError> {
+        Ok(self.running()?.collect_status().await)
     }
 }
 
 impl Drop for WebSocketHandler {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            shared.stopping.store(true, Ordering::Release);
-            for s in &self.shards {
-                s.mailbox.send(ShardMsg::Stop);
-            }
-            for s in self.shards.drain(..) {
-                let _ = s.thread.join();
-            }
-            if let Some((tx, handle)) = self.writer.take() {
-                let _ = tx.send(crate::store::WriteMsg::Shutdown);
-                let _ = handle.join();
-            }
+        if let Some((shared, join)) = self.begin_stop() {
+            join();
+            stopped(&shared);
         }
     }
+}
+
+fn stopped(shared: &Shared) {
+    info!("wshandler stopped");
+    shared.events.emit(|| Event::ServerStopped);
 }

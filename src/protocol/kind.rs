@@ -1,45 +1,70 @@
 //! Message types a client may send, and the two decisions every type needs:
 //! which feature it belongs to and whether it is allowed before
-//! authentication. Both are exhaustive matches, so a new variant does not
-//! compile until someone has decided them.
+//! authentication. The type and its wire name are one line of the
+//! `msg_types!` table; both decisions are exhaustive matches, so a new
+//! variant does not compile until someone has decided them (and routed it:
+//! the router's match in `shard::handlers` is exhaustive too).
 
-/// A client message's `type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsgType {
+/// Declares [`MsgType`], its wire names and the list of all of them from
+/// one table, so a new type is one line here: the name and the variant
+/// cannot drift apart, and `ALL` cannot miss one.
+macro_rules! msg_types {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// A client message's `type`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum MsgType {
+            $($(#[$doc])* $variant,)*
+        }
+
+        /// Every type, in declaration order.
+        pub const ALL: &[MsgType] = &[$(MsgType::$variant,)*];
+
+        impl MsgType {
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(MsgType::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+msg_types! {
     /// `heartbeat`
-    Heartbeat,
+    Heartbeat = "heartbeat",
     /// `handshake`
-    Handshake,
+    Handshake = "handshake",
     /// `auth`
-    Auth,
+    Auth = "auth",
     /// `data`
-    Data,
+    Data = "data",
     /// `sensor_data` (every field but `type` is the data)
-    SensorData,
+    SensorData = "sensor_data",
     /// `request`
-    Request,
+    Request = "request",
     /// `rpc_call`
-    RpcCall,
+    RpcCall = "rpc_call",
     /// `response` (to a server-issued request)
-    Response,
+    Response = "response",
     /// `rpc_response` (to a server-issued RPC)
-    RpcResponse,
+    RpcResponse = "rpc_response",
     /// `register`
-    Register,
+    Register = "register",
     /// `unregister`
-    Unregister,
+    Unregister = "unregister",
     /// `subscribe`
-    Subscribe,
+    Subscribe = "subscribe",
     /// `unsubscribe`
-    Unsubscribe,
+    Unsubscribe = "unsubscribe",
     /// `publish`
-    Publish,
+    Publish = "publish",
     /// `stream_start`
-    StreamStart,
+    StreamStart = "stream_start",
     /// `stream_data`
-    StreamData,
+    StreamData = "stream_data",
     /// `stream_end`
-    StreamEnd,
+    StreamEnd = "stream_end",
 }
 
 /// A feature that `enable_*` settings switch off.
@@ -67,53 +92,10 @@ impl Feature {
     }
 }
 
-const ALL: [MsgType; 17] = [
-    MsgType::Heartbeat,
-    MsgType::Handshake,
-    MsgType::Auth,
-    MsgType::Data,
-    MsgType::SensorData,
-    MsgType::Request,
-    MsgType::RpcCall,
-    MsgType::Response,
-    MsgType::RpcResponse,
-    MsgType::Register,
-    MsgType::Unregister,
-    MsgType::Subscribe,
-    MsgType::Unsubscribe,
-    MsgType::Publish,
-    MsgType::StreamStart,
-    MsgType::StreamData,
-    MsgType::StreamEnd,
-];
-
 impl MsgType {
     /// The type named `s`, if the protocol has it.
     pub fn parse(s: &str) -> Option<MsgType> {
-        ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MsgType::Heartbeat => "heartbeat",
-            MsgType::Handshake => "handshake",
-            MsgType::Auth => "auth",
-            MsgType::Data => "data",
-            MsgType::SensorData => "sensor_data",
-            MsgType::Request => "request",
-            MsgType::RpcCall => "rpc_call",
-            MsgType::Response => "response",
-            MsgType::RpcResponse => "rpc_response",
-            MsgType::Register => "register",
-            MsgType::Unregister => "unregister",
-            MsgType::Subscribe => "subscribe",
-            MsgType::Unsubscribe => "unsubscribe",
-            MsgType::Publish => "publish",
-            MsgType::StreamStart => "stream_start",
-            MsgType::StreamData => "stream_data",
-            MsgType::StreamEnd => "stream_end",
-        }
+        ALL.iter().copied().find(|t| t.as_str() == s)
     }
 
     /// The feature that must be on for this type.
@@ -165,9 +147,10 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for t in ALL {
+        for &t in ALL {
             assert_eq!(MsgType::parse(t.as_str()), Some(t));
         }
+        assert_eq!(ALL.len(), 17);
         assert_eq!(MsgType::parse("Data"), None);
         assert_eq!(MsgType::parse(""), None);
     }

@@ -1,10 +1,13 @@
-//! The WebSocketHandler JSON protocol: message types, error codes, topics and
-//! reply building. The per-message logic that uses them lives with the shard
-//! that owns the connection (`shard::dispatch`); the wire format is written
-//! down in `docs/protocol.md`.
+//! The WebSocketHandler JSON protocol as a codec: message kinds, error codes,
+//! topics, the validating scan and reply building. Pure functions over
+//! bytes: it imports nothing above it. The per-message logic that uses it
+//! lives with the shard that owns the connection (`shard::handlers`, one
+//! file per message family); the wire format is written down in
+//! `docs/protocol.md`.
 //!
-//! Parsing uses simd-json's borrowed values (strings point into the message
-//! buffer); replies on the hot path are written field by field ([`json`]).
+//! Parsing is one validating scan ([`scan`]) that leaves spans into the
+//! message buffer; replies on the hot path are written field by field
+//! ([`json`]).
 
 pub mod json;
 pub mod kind;

@@ -13,6 +13,33 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::json::Obj;
+
+/// The `stream_start` message a server stream begins with.
+pub fn start_message(stream_id: &str, stream_type: &str) -> Bytes {
+    Obj::typed("stream_start")
+        .str("streamId", stream_id)
+        .str("streamType", stream_type)
+        .finish()
+}
+
+/// One `stream_data` chunk of a server stream (`sequenceNumber` from 1).
+pub fn data_message(stream_id: &str, data: &serde_json::Value, sequence: u64) -> Bytes {
+    Obj::typed("stream_data")
+        .str("streamId", stream_id)
+        .value("data", data)
+        .u64("sequenceNumber", sequence)
+        .finish()
+}
+
+/// The `stream_end` message closing a server stream of `chunks` chunks.
+pub fn end_message(stream_id: &str, chunks: u64) -> Bytes {
+    Obj::typed("stream_end")
+        .str("streamId", stream_id)
+        .u64("chunks", chunks)
+        .finish()
+}
+
 /// Format version byte.
 pub const VERSION: u8 = 0x01;
 

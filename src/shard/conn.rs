@@ -1,37 +1,42 @@
-//! One WebSocket connection on a shard: handshake, reader loop, writer task.
+//! The transport of one WebSocket connection: upgrade, reader loop, writer
+//! task. Protocol-free: it calls the handlers' `on_open`, `on_message` and
+//! `on_close` and moves the connection's out-queue to the socket.
 //!
 //! Written once, generic over the driver's [`Stream`]. The reader owns the
-//! read buffer and the [`Session`]; frames anyone on the shard wants to send
-//! go into the connection's [`OutQueue`], and a writer task flushes it with
-//! vectored writes. Both tasks and everything that pushes frames run on the
-//! same shard thread, so the shared state is `Rc` + `RefCell`/`Cell`: no
-//! atomics, no locks.
+//! read buffer and the WebSocket session; frames anyone on the shard wants
+//! to send go into the connection's out-queue ([`Conn`]), and a writer task
+//! flushes it with vectored writes. Both tasks and everything that pushes
+//! frames run on the same shard thread, so the shared state is `Rc` +
+//! `RefCell`/`Cell`: no atomics, no locks.
 //!
-//! Back-pressure has two faces:
+//! Back-pressure has three faces:
 //! - replies to a connection's own messages (echo, responses): when the
 //!   queue is over `max_backpressure`, the reader stops reading until the
 //!   writer drains it, so TCP pushes back on the client;
-//! - frames pushed by others (broadcast, later pub/sub): a consumer whose
-//!   queue is already over the bound is a slow consumer and is closed with
-//!   1008 and a `client-error` event — memory never grows without limit.
+//! - frames pushed by others (broadcast, pub/sub, server-issued requests):
+//!   a consumer whose queue is already over the bound is a slow consumer
+//!   and is closed with 1008 and a `client-error` event — memory never
+//!   grows without limit;
+//! - the store writer is behind: every reader on the shard waits for the
+//!   shard's store queue ([`crate::store::StoreQueue::ready`]).
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, trace};
 
+use super::client::{Conn, CLOSE_TIMEOUT};
+use super::ctx::ShardCtx;
 use super::driver::Stream;
-use super::notify::LocalNotify;
-use super::ShardCtx;
+use super::seclog::SecEvent;
 use crate::events::Event;
 use crate::ws::close;
-use crate::ws::deflate::{self, Deflate};
+use crate::ws::deflate::{self, Deflate, DeflatePolicy};
 use crate::ws::handshake::{self, Decision, Rejection};
-use crate::ws::{Limits, Message, OutQueue, Session};
+use crate::ws::Message;
 
 /// Smallest read issued; also the read buffer an idle io_uring connection holds.
 const MIN_READ: usize = 512;
@@ -39,202 +44,8 @@ const MIN_READ: usize = 512;
 const MAX_READ: usize = 256 * 1024;
 /// Buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
-/// How long the handshake may take (slow-loris guard).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After we start a close, how long the peer has to answer it.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the writer may take to flush before the socket is dropped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A connection's state shared between its reader, its writer and the shard.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    /// Shard-local key.
-    pub(crate) key: u64,
-    /// Server-wide unique id, e.g. `c4f2a9-0-17`.
-    pub(crate) client_id: String,
-    pub(crate) peer: SocketAddr,
-    pub(crate) connected_at: Instant,
-    pub(crate) session: RefCell<Session>,
-    pub(crate) out: RefCell<OutQueue>,
-    /// Wakes the writer: something was queued, or it should finish.
-    writer: LocalNotify,
-    /// Wakes a reader paused on back-pressure.
-    drained: LocalNotify,
-    /// Wakes the reader to end the connection now.
-    kill: LocalNotify,
-    /// Flush what is queued, then stop writing.
-    closing: Cell<bool>,
-    /// End without flushing.
-    dead: Cell<bool>,
-    /// Heartbeat tick of the last byte received.
-    pub(crate) last_seen: Cell<u32>,
-    /// Close code sent or received.
-    close_code: Cell<Option<u16>>,
-    /// Wall-clock connect time, for status reports.
-    pub(crate) connected_wall: std::time::SystemTime,
-    /// Protocol state (handshake, auth, subscriptions, streams).
-    pub(crate) client: RefCell<super::client::ClientState>,
-    pub(crate) msgs_in: Cell<u64>,
-    pub(crate) msgs_out: Cell<u64>,
-    max_backpressure: usize,
-    compression_threshold: usize,
-}
-
-impl Conn {
-    /// A connection's state once upgraded; the transport is separate (see
-    /// [`serve`]), so the protocol can be driven without a socket.
-    pub(crate) fn new(ctx: &ShardCtx, peer: SocketAddr, deflate: Option<Deflate>) -> Rc<Conn> {
-        let cfg = &ctx.shared.config;
-        let key = ctx.next_key();
-        Rc::new(Conn {
-            key,
-            client_id: ctx.client_id(key),
-            peer,
-            connected_at: Instant::now(),
-            session: RefCell::new(Session::new(
-                Limits {
-                    max_message_size: ctx.shared.max_message_size,
-                },
-                deflate,
-            )),
-            out: RefCell::new(OutQueue::default()),
-            writer: LocalNotify::default(),
-            drained: LocalNotify::default(),
-            kill: LocalNotify::default(),
-            closing: Cell::new(false),
-            dead: Cell::new(false),
-            last_seen: Cell::new(ctx.tick.get()),
-            close_code: Cell::new(None),
-            max_backpressure: cfg.max_backpressure,
-            compression_threshold: cfg.compression_threshold,
-            connected_wall: std::time::SystemTime::now(),
-            client: RefCell::new(Default::default()),
-            msgs_in: Cell::new(0),
-            msgs_out: Cell::new(0),
-        })
-    }
-
-    fn wake_writer(&self) {
-        self.writer.notify();
-    }
-
-    /// Queue a JSON text message for this connection (a reply, or anything
-    /// the connection's own shard sends it).
-    pub(crate) fn send_text(&self, payload: Bytes) {
-        self.send_reply(true, payload);
-    }
-
-    /// Queue a reply to this connection's own message.
-    pub(crate) fn send_reply(&self, text: bool, payload: Bytes) {
-        if self.dead.get() || self.session.borrow().is_closing() {
-            return;
-        }
-        self.msgs_out.set(self.msgs_out.get() + 1);
-        let mut out = self.out.borrow_mut();
-        self.session
-            .borrow_mut()
-            .send(text, payload, self.compression_threshold, &mut *out);
-        drop(out);
-        self.wake_writer();
-    }
-
-    /// Queue a frame pushed from elsewhere (broadcast, pub/sub). `frame` is
-    /// the shared pre-encoded frame, used unless this connection compresses.
-    /// Returns false if the connection was closed as a slow consumer.
-    pub(crate) fn push_external(
-        self: &Rc<Self>,
-        ctx: &ShardCtx,
-        text: bool,
-        payload: &Bytes,
-        frame: &Bytes,
-    ) -> bool {
-        if self.session.borrow().is_closing() || self.dead.get() {
-            return true;
-        }
-        if self.out.borrow().bytes() > self.max_backpressure {
-            let queued = self.out.borrow().bytes();
-            self.close_with(
-                close::POLICY,
-                "slow consumer: outbound queue over max_backpressure",
-            );
-            ctx.seclog.log(
-                super::seclog::SecEvent::SlowConsumer,
-                ctx.id,
-                self.peer,
-                &self.client_id,
-                || {
-                    format!(
-                        "{queued} bytes queued, max_backpressure {}",
-                        self.max_backpressure
-                    )
-                },
-            );
-            ctx.shared.events.emit(|| Event::ClientError {
-                client_id: self.client_id.clone(),
-                message: format!(
-                    "slow consumer: {queued} bytes queued, max_backpressure {}",
-                    self.max_backpressure
-                ),
-                code: close::POLICY,
-            });
-            return false;
-        }
-        self.msgs_out.set(self.msgs_out.get() + 1);
-        let mut session = self.session.borrow_mut();
-        if session.compression() && payload.len() >= self.compression_threshold {
-            session.send(
-                text,
-                payload.clone(),
-                self.compression_threshold,
-                &mut *self.out.borrow_mut(),
-            );
-        } else {
-            self.out.borrow_mut().push(frame.clone());
-        }
-        drop(session);
-        self.wake_writer();
-        true
-    }
-
-    /// Queue a ping (heartbeat).
-    pub(crate) fn ping(&self) {
-        if !self.session.borrow().is_closing() {
-            self.out.borrow_mut().push(crate::ws::frame::encode(
-                crate::ws::frame::OpCode::Ping,
-                false,
-                b"",
-            ));
-            self.wake_writer();
-        }
-    }
-
-    /// Start a server-side close; the peer has [`CLOSE_TIMEOUT`] to answer
-    /// before the connection is dropped.
-    pub(crate) fn close_with(self: &Rc<Self>, code: u16, reason: &str) {
-        if self.session.borrow().is_closing() {
-            return;
-        }
-        self.session
-            .borrow_mut()
-            .close(code, reason, &mut self.out.borrow_mut());
-        self.close_code.set(Some(code));
-        self.wake_writer();
-        let me = Rc::clone(self);
-        tokio::task::spawn_local(async move {
-            tokio::time::sleep(CLOSE_TIMEOUT).await;
-            me.abort();
-        });
-    }
-
-    /// End the connection now, without flushing.
-    pub(crate) fn abort(&self) {
-        self.dead.set(true);
-        self.kill.notify();
-        self.writer.notify();
-        self.drained.notify();
-    }
-}
 
 /// How the reader loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,8 +74,7 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
         buf = BytesMut::new(); // the read loop sizes its own buffer
     }
     // From here on we hold one slot of max_connections (taken in handshake_phase).
-    let cfg = &ctx.shared.config;
-    let conn = Conn::new(&ctx, peer, deflate);
+    let conn = ctx.new_conn(peer, deflate);
     ctx.insert(conn.clone());
     // Releases the slot (registry entry, max_connections count) however this
     // task ends, a panic in a handler included.
@@ -278,30 +88,7 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     });
     debug!(client = %conn.client_id, %peer, "connected");
 
-    if !cfg.echo {
-        conn.send_text(super::dispatch::welcome(&ctx, &conn.client_id));
-        if cfg.enable_authentication {
-            let (c, timeout) = (Rc::downgrade(&conn), cfg.auth_timeout);
-            let shard = Rc::downgrade(&ctx);
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep(timeout).await;
-                if let Some(c) = c.upgrade() {
-                    if !c.client.borrow().authenticated {
-                        c.close_with(close::POLICY, "authentication timeout");
-                        if let Some(ctx) = shard.upgrade() {
-                            ctx.seclog.log(
-                                super::seclog::SecEvent::AuthTimeout,
-                                ctx.id,
-                                c.peer,
-                                &c.client_id,
-                                || format!("not authenticated within {timeout:?}"),
-                            );
-                        }
-                    }
-                }
-            });
-        }
-    }
+    ctx.on_open(&conn);
     let writer = tokio::task::spawn_local(write_loop(stream.clone(), conn.clone()));
     let end = read_loop(&*stream, &conn, buf, &ctx).await;
     trace!(client = %conn.client_id, ?end, "reader done");
@@ -335,6 +122,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let (ctx, conn) = (&self.ctx, &self.conn);
         conn.abort();
+        ctx.on_close(conn);
         ctx.remove(conn.key);
         ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
         let duration = conn.connected_at.elapsed().as_millis() as u64;
@@ -354,7 +142,7 @@ async fn handshake_phase<S: Stream>(
     buf: &mut BytesMut,
     ctx: &ShardCtx,
 ) -> Option<Option<Deflate>> {
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
     let (req, head_len) = loop {
         match handshake::parse_request(buf) {
             Ok(Some(r)) => break r,
@@ -415,8 +203,14 @@ async fn handshake_phase<S: Stream>(
                 return None;
             }
             let agreed = if shared.config.enable_compression {
+                let c = &shared.config;
+                let policy = DeflatePolicy {
+                    window_bits: c.compression_window_bits,
+                    mem_level: c.compression_mem_level,
+                    context_takeover: c.compression_context_takeover,
+                };
                 deflate::negotiate(
-                    &shared.config.deflate_policy(),
+                    &policy,
                     req.extensions.iter().map(String::as_str),
                 )
             } else {
@@ -498,7 +292,7 @@ async fn read_loop<S: Stream>(
                 Ok(None) => break,
                 Err(e) => {
                     ctx.seclog.log(
-                        super::seclog::SecEvent::ProtocolError,
+                        SecEvent::ProtocolError,
                         ctx.id,
                         conn.peer,
                         &conn.client_id,
@@ -525,15 +319,9 @@ async fn read_loop<S: Stream>(
         }
         // The store writer is behind: stop reading until it catches up
         // (TCP back-pressure instead of an unbounded queue).
-        while ctx.store_blocked.get() {
-            let ready = ctx.store_ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            if !ctx.store_blocked.get() {
-                break;
-            }
+        if let Some(q) = ctx.store.as_ref().filter(|q| q.is_blocked()) {
             tokio::select! {
-                _ = ready => {}
+                _ = q.ready() => {}
                 _ = conn.kill.wait() => return End::Killed,
             }
         }
@@ -546,7 +334,7 @@ async fn read_loop<S: Stream>(
         }
         let need = conn.session.borrow().wanted(&buf).saturating_sub(buf.len());
         let want = need.clamp(read_size, MAX_READ.max(read_size));
-        let want = want.min(ctx.shared.max_message_size + 14).max(MIN_READ);
+        let want = want.min(ctx.shared.config.max_message_size() + 14).max(MIN_READ);
         if buf.is_empty() && buf.capacity() > 4 * want {
             buf = BytesMut::new(); // give back a buffer grown for a burst
         }

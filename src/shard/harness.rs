@@ -10,16 +10,16 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::conn::Conn;
-use super::{mailbox, Inbox, ShardCtx};
+use super::client::Conn;
+use super::ctx::ShardCtx;
+use super::mesh::{mailbox, Inbox};
+use super::shared::Shared;
 use crate::config::Config;
-use crate::server::Shared;
 use crate::ws::Message;
 
 /// A shard and one connection with no socket under them.
@@ -46,20 +46,13 @@ impl ProtocolHarness {
         config.persist = false;
         config.shards = 1;
         let (mb, inbox) = mailbox();
-        let shared = Arc::new(Shared {
-            max_message_size: config.max_payload_size,
-            config,
-            conn_count: AtomicUsize::new(1),
-            stopping: AtomicBool::new(false),
-            events: Default::default(),
-            started: Instant::now(),
-            instance: "harness".to_owned(),
-            shards: 1,
-            mailboxes: vec![mb],
-            store: None,
-            field_key: None,
-            registry: Default::default(),
-        });
+        let config = config
+            .validate()
+            .expect("the harness needs a valid configuration");
+        let mut shared = Shared::new(config, vec![mb], None, None, Default::default());
+        shared.instance = "harness".to_owned();
+        shared.conn_count = AtomicUsize::new(1);
+        let shared = Arc::new(shared);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -67,9 +60,12 @@ impl ProtocolHarness {
         let local = tokio::task::LocalSet::new();
         let ctx = ShardCtx::new(0, shared);
         let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
-        let conn = Conn::new(&ctx, peer, None);
+        let conn = ctx.new_conn(peer, None);
         ctx.insert(conn.clone());
-        conn.send_text(super::dispatch::welcome(&ctx, &conn.client_id));
+        {
+            let (ctx, conn) = (ctx.clone(), conn.clone());
+            local.block_on(&rt, async move { ctx.on_open(&conn) });
+        }
         let mut h = ProtocolHarness {
             rt,
             local,
@@ -99,8 +95,8 @@ impl ProtocolHarness {
             // Let tasks the message spawned (handlers) take a turn.
             tokio::task::yield_now().await;
         });
-        while let Ok(m) = self.inbox.rx.try_recv() {
-            self.ctx.handle(m);
+        while let Some(m) = self.inbox.try_recv() {
+            self.ctx.on_mail(m);
         }
         self.take_frames()
     }
@@ -161,6 +157,61 @@ mod tests {
         let r = replies(h, &msg.to_string());
         assert_eq!(r.len(), 1, "{msg} -> {r:?}");
         r.into_iter().next().unwrap()
+    }
+
+    /// The store's completions, delivered as the writer's sink would:
+    /// a failure is `storage_unavailable` (nothing stored, no detail sent),
+    /// a success carries the insertId; a completion for an unknown ticket
+    /// is ignored.
+    #[test]
+    fn store_completions_answer_the_record_they_belong_to() {
+        use crate::shard::ctx::PendingStore;
+        use crate::shard::mesh::ShardMsg;
+        use crate::store::{Completion, StoreAck, WriteError};
+        let mut h = h();
+        for ticket in [7, 8] {
+            h.ctx.pending_store.borrow_mut().insert(
+                ticket,
+                PendingStore {
+                    key: h.conn.key,
+                    table: "t".into(),
+                    timestamp: "2026-12-02T00:00:00.000Z".into(),
+                },
+            );
+        }
+        h.ctx.on_mail(ShardMsg::StoreDone(vec![
+            Completion {
+                ticket: 7,
+                result: Err(WriteError::UnknownTable("t".into())),
+            },
+            Completion {
+                ticket: 8,
+                result: Ok(StoreAck {
+                    insert_id: 42,
+                    duplicate: false,
+                }),
+            },
+            Completion {
+                ticket: 99,
+                result: Ok(StoreAck {
+                    insert_id: 1,
+                    duplicate: false,
+                }),
+            },
+        ]));
+        let r: Vec<Value> = h
+            .take_frames()
+            .iter()
+            .map(|f| serde_json::from_slice(frame_payload(f)).unwrap())
+            .collect();
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0]["type"], "data_response");
+        assert_eq!(r[0]["success"], false);
+        assert_eq!(r[0]["code"], "storage_unavailable");
+        assert!(!r[0]["message"].as_str().unwrap().contains("table"), "no detail: {r:?}");
+        assert_eq!(r[1]["success"], true);
+        assert_eq!(r[1]["insertId"], 42);
+        assert!(h.ctx.pending_store.borrow().is_empty());
     }
 
     #[test]
@@ -357,7 +408,9 @@ mod tests {
                 ..Config::default()
             });
             for m in &msgs {
-                for f in h.text(m) {
+                // Text frames are replies; a close frame (auth lockout,
+                // error budget) may follow them.
+                for f in h.text(m).into_iter().filter(|f| f[0] & 0x0f == 1) {
                     let reply: Value = serde_json::from_slice(frame_payload(&f)).expect("JSON reply");
                     proptest::prop_assert!(reply["type"].is_string(), "{m} -> {reply}");
                 }

@@ -3,42 +3,36 @@
 //!
 //! Shards never touch the database on the ingest path. They build a record
 //! (JSON, encrypted fields sealed) and hand it to the writer thread over a
-//! bounded crossbeam channel ([`StoreHandle::try_send`]). The writer drains
+//! bounded crossbeam channel (each shard's [`StoreQueue`], which owns the
+//! back-pressure: park, retry, pause reading). The writer drains
 //! what is queued, assigns insertIds, writes one `WriteBatch` (synced per the
-//! durability mode) and only then reports every record's insertId back to
-//! its shard, which sends `data_response` — an acknowledged record is on
-//! disk. See `docs/storage.md`.
+//! durability mode) and only then reports every record's insertId through
+//! the [`CompletionSink`] it was started with (the server routes it to the
+//! record's shard, which sends `data_response`) — an acknowledged record is
+//! on disk. The store imports nothing above it: not the shard, not the
+//! server. See `docs/storage.md`.
 
 pub mod crypto;
 pub mod keys;
+mod queue;
 mod read;
 pub mod record;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
-use serde::{Deserialize, Serialize};
+
+pub use crate::config::Durability;
 
 pub use read::{Page, Record, Scan, Skipped, TableStats};
-pub(crate) use writer::{Completion, DedupKey, WriteMsg, WriteTask};
-
-/// How durable an acknowledged record is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// WAL fsynced before the ack: survives process crash and power loss.
-    #[default]
-    Sync,
-    /// WAL written (page cache) before the ack: survives a process crash,
-    /// not a power loss.
-    Wal,
-    /// No WAL: records live in the memtable until a flush; a crash loses
-    /// them. For throwaway data.
-    None,
-}
+pub(crate) use queue::StoreQueue;
+pub(crate) use writer::{Completion, CompletionSink, DedupKey, WriteMsg, WriteTask};
+#[cfg(test)]
+pub(crate) use writer::{StoreAck, WriteError};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +59,19 @@ pub enum StoreError {
     /// Bad query arguments.
     #[error("{0}")]
     Query(String),
+    /// A file-system operation on the data directory failed.
+    #[error("cannot {what} {}: {source}", .path.display())]
+    Io {
+        /// What was being done (`create`, ...).
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    Spawn(std::io::Error),
     /// A reader (`wshandler query`, `stats`) was pointed at a directory
     /// holding no database: it does not exist, or has no RocksDB `CURRENT`
     /// file (the server has never run there).
@@ -130,8 +137,11 @@ fn cf_options() -> Options {
 impl Store {
     /// Open (creating if needed) the primary database with every table.
     pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&cfg.dir)
-            .map_err(|e| StoreError::Query(format!("cannot create {}: {e}", cfg.dir.display())))?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| StoreError::Io {
+            what: "create",
+            path: cfg.dir.clone(),
+            source,
+        })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -215,28 +225,34 @@ fn table_names(cfs: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The shards' side of the writer: a bounded channel.
+/// The shards' side of the writer: a bounded channel and the bitmap of
+/// shards waiting for room in it. `Send + Sync`; each shard wraps it in its
+/// own [`StoreQueue`].
 #[derive(Debug, Clone)]
 pub(crate) struct StoreHandle {
-    pub(crate) tx: crossbeam_channel::Sender<WriteMsg>,
-    pub(crate) store: Store,
+    tx: crossbeam_channel::Sender<WriteMsg>,
+    store: Store,
     /// Shards (bit `shard % 64`) with records parked because the queue was
     /// full; the writer wakes them after its next batch.
-    pub(crate) blocked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    blocked: Arc<AtomicU64>,
 }
 
 impl StoreHandle {
+    /// The database, for reads.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Ask the writer to wake `shard` after its next batch.
-    pub(crate) fn mark_blocked(&self, shard: usize) {
-        self.blocked
-            .fetch_or(1 << (shard % 64), std::sync::atomic::Ordering::AcqRel);
+    fn mark_blocked(&self, shard: usize) {
+        self.blocked.fetch_or(1 << (shard % 64), Ordering::AcqRel);
     }
 
     /// Queue a record; gives it back if the queue is full.
     // The task comes back by value so the shard can park it; boxing it
     // would cost an allocation per record on the ingest path.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn try_send(&self, t: WriteTask) -> Result<(), WriteTask> {
+    fn try_send(&self, t: WriteTask) -> Result<(), WriteTask> {
         match self.tx.try_send(WriteMsg::Write(t)) {
             Ok(()) => Ok(()),
             Err(crossbeam_channel::TrySendError::Full(WriteMsg::Write(t)))
@@ -246,4 +262,42 @@ impl StoreHandle {
     }
 }
 
-pub(crate) use writer::spawn_writer;
+/// A running store: the handle shards use and the writer thread.
+#[derive(Debug)]
+pub(crate) struct StoreRuntime {
+    handle: StoreHandle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl StoreRuntime {
+    /// The shards' side.
+    pub(crate) fn handle(&self) -> &StoreHandle {
+        &self.handle
+    }
+
+    /// Let the writer commit what is queued, then join it.
+    pub(crate) fn shutdown(self) {
+        let _ = self.handle.tx.send(WriteMsg::Shutdown);
+        let _ = self.thread.join();
+    }
+}
+
+/// Open the store and start its writer for `shards` shards: the channel,
+/// the back-pressure bitmap and the thread, built in one place. The writer
+/// reports finished records to `sink`.
+pub(crate) fn start(
+    cfg: StoreConfig,
+    shards: usize,
+    sink: CompletionSink,
+) -> Result<StoreRuntime, StoreError> {
+    let store = Store::open(&cfg)?;
+    let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
+    let blocked = Arc::new(AtomicU64::new(0));
+    let thread = spawn_writer(store.clone(), cfg, rx, (shards, sink), blocked.clone())?;
+    Ok(StoreRuntime {
+        handle: StoreHandle { tx, store, blocked },
+        thread,
+    })
+}
+
+use writer::spawn_writer;

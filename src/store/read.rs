@@ -318,10 +318,10 @@ mod tests {
     fn store_through_writer(dir: &std::path::Path, bodies: &[Vec<u8>]) -> Store {
         let cfg = config(dir);
         let store = Store::open(&cfg).unwrap();
-        let (mailbox, _inbox) = crate::shard::mailbox();
         let (tx, rx) = crossbeam_channel::bounded(bodies.len() + 1);
+        let sink: crate::store::CompletionSink = Box::new(|_, _| {});
         let writer =
-            crate::store::spawn_writer(store.clone(), cfg, rx, vec![mailbox], Default::default())
+            crate::store::spawn_writer(store.clone(), cfg, rx, (1, sink), Default::default())
                 .unwrap();
         let table: Arc<str> = "t".into();
         for (i, b) in bodies.iter().enumerate() {

@@ -15,7 +15,6 @@ use tracing::{debug, error, info, warn};
 
 use super::keys;
 use super::{Durability, Store, StoreConfig};
-use crate::shard::{Mailbox, ShardMsg};
 
 /// A record for the writer.
 #[derive(Debug)]
@@ -66,12 +65,29 @@ pub(crate) struct StoreAck {
     pub(crate) duplicate: bool,
 }
 
+/// Why a record was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// The record names a table the store does not have.
+    #[error("unknown table `{0}`")]
+    UnknownTable(std::sync::Arc<str>),
+    /// RocksDB failed the read (de-duplication) or the batch write.
+    #[error("database error: {0}")]
+    Db(#[from] rocksdb::Error),
+}
+
 /// One record's outcome, sent back to its shard.
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) ticket: u64,
-    pub(crate) result: Result<StoreAck, String>,
+    pub(crate) result: Result<StoreAck, WriteError>,
 }
+
+/// Where the writer reports finished records: called on the writer thread
+/// with a shard id and that shard's completions after every batch. The
+/// list may be empty: a wake-up for a shard that parked records because
+/// the queue was full. The store knows nothing of who listens.
+pub(crate) type CompletionSink = Box<dyn Fn(usize, Vec<Completion>) + Send>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -97,7 +113,8 @@ struct Writer {
     store: Store,
     cfg: StoreConfig,
     counters: HashMap<String, u64>,
-    mailboxes: Vec<Mailbox>,
+    sink: CompletionSink,
+    shards: usize,
     wopts: WriteOptions,
     /// Where the next sweep of expired de-duplication entries starts: each
     /// sweep looks at a bounded number, so with more live entries than
@@ -111,12 +128,12 @@ struct Writer {
 /// Most de-duplication entries one maintenance sweep looks at.
 const DEDUP_SWEEP: usize = 100_000;
 
-/// Start the writer thread.
+/// Start the writer thread for `shards` shards, reporting to `sink`.
 pub(crate) fn spawn_writer(
     store: Store,
     cfg: StoreConfig,
     rx: Receiver<WriteMsg>,
-    mailboxes: Vec<Mailbox>,
+    (shards, sink): (usize, CompletionSink),
     blocked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<std::thread::JoinHandle<()>, super::StoreError> {
     let db = store.db().clone();
@@ -135,7 +152,8 @@ pub(crate) fn spawn_writer(
         store,
         cfg,
         counters,
-        mailboxes,
+        sink,
+        shards,
         wopts,
         dedup_cursor: None,
         dedup_sweep: DEDUP_SWEEP,
@@ -143,7 +161,7 @@ pub(crate) fn spawn_writer(
     std::thread::Builder::new()
         .name("wsh-store-writer".into())
         .spawn(move || w.run(rx))
-        .map_err(|e| super::StoreError::Query(format!("cannot start the writer thread: {e}")))
+        .map_err(super::StoreError::Spawn)
 }
 
 /// The last insertId issued for a table: the counter in `meta`, or the last
@@ -233,7 +251,7 @@ impl Writer {
         let db = self.store.db().clone();
         let before = self.counters.clone();
         let mut wb = WriteBatch::default();
-        let mut results: Vec<(usize, u64, Result<StoreAck, String>)> =
+        let mut results: Vec<(usize, u64, Result<StoreAck, WriteError>)> =
             Vec::with_capacity(batch.len());
         let mut seen: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut touched: Vec<std::sync::Arc<str>> = Vec::new();
@@ -244,7 +262,7 @@ impl Writer {
                 results.push((
                     t.shard,
                     t.ticket,
-                    Err(format!("unknown table `{}`", t.table)),
+                    Err(WriteError::UnknownTable(t.table.clone())),
                 ));
                 continue;
             };
@@ -258,7 +276,7 @@ impl Writer {
                             .map(|(_, id, _)| id),
                         Ok(None) => None,
                         Err(e) => {
-                            results.push((t.shard, t.ticket, Err(format!("database error: {e}"))));
+                            results.push((t.shard, t.ticket, Err(WriteError::Db(e))));
                             continue;
                         }
                     },
@@ -307,7 +325,7 @@ impl Writer {
             if let Err(e) = db.write_opt(wb, &self.wopts) {
                 error!(error = %e, records = batch.len(), "write batch failed");
                 self.counters = before;
-                let msg = format!("database error: {e}");
+                let err = WriteError::Db(e);
                 for r in results.iter_mut() {
                     // Duplicates refer to records stored earlier: still valid.
                     if matches!(
@@ -317,14 +335,14 @@ impl Writer {
                             ..
                         })
                     ) {
-                        r.2 = Err(msg.clone());
+                        r.2 = Err(err.clone());
                     }
                 }
             }
         }
         debug!(records = batch.len(), "batch committed");
         let mut per_shard: Vec<Vec<Completion>> =
-            (0..self.mailboxes.len()).map(|_| Vec::new()).collect();
+            (0..self.shards).map(|_| Vec::new()).collect();
         for (shard, ticket, result) in results {
             if let Some(v) = per_shard.get_mut(shard) {
                 v.push(Completion { ticket, result });
@@ -335,7 +353,7 @@ impl Writer {
         let blocked = self.blocked.swap(0, std::sync::atomic::Ordering::AcqRel);
         for (shard, done) in per_shard.into_iter().enumerate() {
             if !done.is_empty() || blocked & (1 << (shard % 64)) != 0 {
-                self.mailboxes[shard].send(ShardMsg::StoreDone(done));
+                (self.sink)(shard, done);
             }
         }
     }
@@ -465,13 +483,13 @@ mod tests {
             )
             .unwrap();
         }
-        let (mailbox, _inbox) = crate::shard::mailbox();
         let mut w = Writer {
             blocked: Default::default(),
             store: store.clone(),
             cfg,
             counters: HashMap::new(),
-            mailboxes: vec![mailbox],
+            sink: Box::new(|_, _| {}),
+            shards: 1,
             wopts: WriteOptions::default(),
             dedup_cursor: None,
             dedup_sweep: 3,

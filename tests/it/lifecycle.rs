@@ -56,7 +56,10 @@ both_drivers!(port_in_use_is_a_clear_error, |driver| {
     let mut second = wshandler::WebSocketHandler::new(cfg);
     let err = second.start().await.unwrap_err();
     assert!(
-        matches!(err, wshandler::ServerError::AddrInUse { .. }),
+        matches!(
+            err,
+            wshandler::ServerError::Listen(wshandler::BindError::AddrInUse { .. })
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains(&srv.addr.to_string()), "{err}");
@@ -92,4 +95,31 @@ both_drivers!(connect_and_disconnect_events, |driver| {
         _ => unreachable!(),
     }
     srv.stop().await;
+});
+
+// Issue 10: a `Handle` kept past `stop()` used to accept every call and do
+// nothing (a publish "succeeded", a broadcast vanished).
+both_drivers!(handle_after_stop_is_not_running, |driver| {
+    let srv = TestServer::start(test_config(driver)).await;
+    let handle = srv.server.handle().unwrap();
+    assert!(handle.publish("t", &serde_json::json!(1), None).is_ok());
+    srv.stop().await;
+    let not_running = Err(wshandler::ApiError::NotRunning);
+    assert_eq!(handle.publish("t", &serde_json::json!(1), None), not_running);
+    assert_eq!(
+        handle.broadcast(true, bytes::Bytes::from_static(b"{}"), None),
+        not_running
+    );
+    assert_eq!(
+        handle.broadcast_to_all(&serde_json::json!({}), None),
+        not_running
+    );
+    assert!(matches!(
+        handle.get_status().await,
+        Err(wshandler::ApiError::NotRunning)
+    ));
+    assert_eq!(
+        handle.send_to_client("x-0-0", &serde_json::json!(1)).await,
+        not_running
+    );
 });

@@ -1,4 +1,5 @@
-//! The only code that touches sockets: one module per I/O driver.
+//! The only code that touches sockets: one module per I/O driver, and the
+//! listeners they accept on ([`listen`]).
 //!
 //! Both drivers expose the same owned-buffer interface (the shape io_uring
 //! needs: the kernel owns the buffer while an operation is in flight), so the
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 
 pub(crate) mod epoll;
+pub(crate) mod listen;
 pub(crate) mod uring;
 
 /// A connected TCP stream, used from one shard thread.

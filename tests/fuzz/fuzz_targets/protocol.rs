@@ -1,5 +1,5 @@
 //! The JSON protocol layer of one shard, no sockets: each input is a short
-//! conversation of messages through the shard's dispatch (the same
+//! conversation of messages through the shard's protocol handlers (the same
 //! `on_message` a connection's reader calls). The first byte picks the mode:
 //! raw bytes (split into messages at 0xff bytes, each one as a text message
 //! if it is UTF-8, else as a binary one) or structure-aware messages built
@@ -11,11 +11,6 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use wshandler::{Config, ProtocolHarness};
 
-const TYPES: &[&str] = &[
-    "heartbeat", "handshake", "auth", "data", "sensor_data", "request", "rpc_call",
-    "response", "rpc_response", "register", "unregister", "subscribe", "unsubscribe",
-    "publish", "stream_start", "stream_data", "stream_end", "bogus",
-];
 const FIELDS: &[&str] = &[
     "clientType", "deviceId", "token", "data", "dataType", "table", "messageId",
     "requestId", "endpoint", "method", "params", "kind", "name", "topic", "streamId",
@@ -82,7 +77,11 @@ fn value(u: &mut Unstructured<'_>, out: &mut String, depth: u32) -> arbitrary::R
 }
 
 fn message(u: &mut Unstructured<'_>) -> arbitrary::Result<String> {
-    let mut m = format!("{{\"type\":\"{}\"", TYPES[u.choose_index(TYPES.len())?]);
+    // Every protocol type, and one the server does not know.
+    let types = wshandler::protocol::kind::ALL;
+    let i = u.choose_index(types.len() + 1)?;
+    let ty = types.get(i).map_or("bogus", |t| t.as_str());
+    let mut m = format!("{{\"type\":\"{ty}\"");
     for _ in 0..u.int_in_range(0..=5)? {
         let f = FIELDS[u.choose_index(FIELDS.len())?];
         let Json(v) = u.arbitrary()?;

@@ -1,0 +1,237 @@
+//! The session family: `heartbeat`, `handshake` and `auth`. A credential
+//! is compared in constant time against every configured token; what it
+//! grants (a client type, a de-duplication scope) is fixed for the
+//! connection's life.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use subtle::ConstantTimeEq;
+
+use super::reply::{clip, Handled};
+use crate::events::Event;
+use crate::protocol::json::Obj;
+use crate::protocol::kind::MsgType;
+use crate::protocol::scan::Msg;
+use crate::protocol::ErrorCode;
+use crate::shard::client::{Conn, Grant};
+use crate::shard::ctx::ShardCtx;
+use crate::shard::seclog::SecEvent;
+use crate::ws::close;
+
+impl ShardCtx {
+    /// `heartbeat`: answered at once.
+    pub(super) fn on_heartbeat(&self, conn: &Rc<Conn>) -> Handled {
+        conn.send_text(Obj::typed("heartbeat_response").now().finish());
+        Ok(())
+    }
+
+    /// Client types some credential is bound to: only that credential may
+    /// claim them.
+    pub(super) fn reserved_type(&self, ct: &str) -> bool {
+        self.shared
+            .config
+            .auth_tokens
+            .iter()
+            .any(|t| t.client_type() == Some(ct))
+    }
+
+    /// May a connection holding `grant` be of client type `ct`?
+    pub(super) fn type_allowed(&self, grant: &Grant, ct: &str) -> bool {
+        match &grant.bound_type {
+            Some(b) => b == ct,
+            None => !self.reserved_type(ct),
+        }
+    }
+
+    pub(super) fn on_handshake(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let ty = MsgType::Handshake;
+        let ct = self.req_str(conn, m, ty, "clientType", self.name_bound())?;
+        let device = self.opt_str(conn, m, ty, "deviceId", self.id_bound())?;
+        let cfg = &self.shared.config;
+        let reply_fail = |msg: &str, code: Option<ErrorCode>| {
+            let mut o = Obj::typed("handshake_response")
+                .bool("success", false)
+                .str("clientId", &conn.client_id)
+                .str("message", msg);
+            if let Some(c) = code {
+                o = o.str("code", c.as_str());
+            }
+            conn.send_text(o.finish());
+        };
+        if !cfg.client_types.iter().any(|t| *t == *ct) {
+            reply_fail(
+                &format!(
+                    "Unknown client type: {} (allowed: {})",
+                    clip(&ct, 64),
+                    cfg.client_types.join(", ")
+                ),
+                None,
+            );
+            return Ok(());
+        }
+        // The client type a credential allows is fixed at authentication:
+        // a later handshake cannot widen it.
+        let grant = conn.client.borrow().grant.clone();
+        if let Some(g) = grant {
+            if !self.type_allowed(&g, &ct) {
+                self.seclog.log(
+                    SecEvent::Forbidden,
+                    self.id,
+                    conn.peer,
+                    &conn.client_id,
+                    || {
+                        format!(
+                            "handshake as `{}` after authenticating for another client type",
+                            clip(&ct, 64)
+                        )
+                    },
+                );
+                reply_fail(
+                    &format!(
+                        "Client type {} is not allowed for the credential this connection authenticated with",
+                        clip(&ct, 64)
+                    ),
+                    Some(ErrorCode::Forbidden),
+                );
+                self.count_error(conn);
+                return Ok(());
+            }
+        }
+        {
+            let mut c = conn.client.borrow_mut();
+            c.client_type = Some(ct.to_string());
+            c.device_id = device.map(Cow::into_owned);
+        }
+        conn.send_text(
+            Obj::typed("handshake_response")
+                .bool("success", true)
+                .str("clientId", &conn.client_id)
+                .str("clientType", &ct)
+                .finish(),
+        );
+        self.shared.events.emit(|| Event::ClientHandshake {
+            client_id: conn.client_id.clone(),
+            client_type: ct.to_string(),
+        });
+        Ok(())
+    }
+
+    /// The credential `token` is, if any: constant time in every entry.
+    pub(super) fn credential(&self, token: &str) -> Option<Grant> {
+        let cfg = &self.shared.config;
+        let t = token.as_bytes();
+        let mut found = None;
+        if let Some(a) = cfg.auth_token.as_deref() {
+            if bool::from(a.as_bytes().ct_eq(t)) {
+                found = Some(Grant {
+                    bound_type: None,
+                    scope: "token".to_owned(),
+                });
+            }
+        }
+        for (i, at) in cfg.auth_tokens.iter().enumerate() {
+            if bool::from(at.token().as_bytes().ct_eq(t)) && found.is_none() {
+                found = Some(Grant {
+                    bound_type: at.client_type().map(str::to_owned),
+                    scope: format!("token:{i}"),
+                });
+            }
+        }
+        found
+    }
+
+    pub(super) fn on_auth(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
+        let cfg = &self.shared.config;
+        let token = match m.str("token") {
+            Ok(t) => t.unwrap_or_default(),
+            Err(_) => {
+                return Err(self.bad_field(conn, m, MsgType::Auth, "token", "must be a string"))
+            }
+        };
+        let reply = |ok: bool, msg: &str| {
+            conn.send_text(
+                Obj::typed("auth_response")
+                    .bool("success", ok)
+                    .str("message", msg)
+                    .finish(),
+            )
+        };
+        if !cfg.enable_authentication {
+            conn.client.borrow_mut().authenticated = true;
+            reply(true, "Authentication not required");
+            return Ok(());
+        }
+        if conn.client.borrow().authenticated {
+            // What the first auth granted stays; a second one changes nothing.
+            reply(true, "Already authenticated");
+            return Ok(());
+        }
+        let client_type = conn.client.borrow().client_type.clone();
+        let grant = (!token.is_empty())
+            .then(|| self.credential(&token))
+            .flatten()
+            .filter(|g| {
+                client_type
+                    .as_deref()
+                    .is_none_or(|ct| self.type_allowed(g, ct))
+            });
+        if let Some(g) = grant {
+            let mut c = conn.client.borrow_mut();
+            c.authenticated = true;
+            c.grant = Some(g);
+            drop(c);
+            reply(true, "Authenticated");
+            self.shared.events.emit(|| Event::ClientAuthenticated {
+                client_id: conn.client_id.clone(),
+            });
+            return Ok(());
+        }
+        let failures = {
+            let mut c = conn.client.borrow_mut();
+            c.auth_failures += 1;
+            c.auth_failures
+        };
+        self.seclog.log(
+            SecEvent::AuthFailed,
+            self.id,
+            conn.peer,
+            &conn.client_id,
+            || {
+                format!(
+                    "{} token (attempt {failures} of {})",
+                    if token.is_empty() {
+                        "missing"
+                    } else {
+                        "invalid"
+                    },
+                    cfg.max_auth_failures
+                )
+            },
+        );
+        reply(
+            false,
+            if token.is_empty() {
+                "Missing token"
+            } else {
+                "Invalid token"
+            },
+        );
+        if failures >= cfg.max_auth_failures {
+            conn.close_with(close::POLICY, "too many failed auth attempts");
+            self.seclog.log(
+                SecEvent::AuthLockout,
+                self.id,
+                conn.peer,
+                &conn.client_id,
+                || format!("{failures} failed auth attempts"),
+            );
+            self.shared.events.emit(|| Event::ClientError {
+                client_id: conn.client_id.clone(),
+                message: format!("{failures} failed auth attempts"),
+                code: close::POLICY,
+            });
+        }
+        Ok(())
+    }
+}
