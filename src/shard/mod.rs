@@ -6,11 +6,13 @@
 //! (`Rc`, `RefCell`, `Cell`).
 //!
 //! Inside, bottom to top (each file imports only from those before it):
-//! `notify`, `seclog` → `mesh` (messages, mailboxes, fan-out), `shared`
-//! (the registry every shard shares) → `client` (one connection's queue
-//! and protocol state) → `ctx` (one shard's state) → `handlers` (the
-//! protocol, by message family) → `conn` (the transport: calls the
-//! handlers) → `driver` (sockets) → this file (thread, run loop, heartbeat).
+//! `notify`, `seclog`, `driver` (sockets: the `Stream` trait, io_uring,
+//! epoll, listeners) → `mesh` (messages, mailboxes, fan-out), `shared` (the
+//! registry every shard shares) → `client` (one connection's queue and
+//! protocol state) → `ctx` (one shard's state) → `handlers` (the protocol,
+//! by message family) → `conn` (the transport over a driver's `Stream`:
+//! calls the handlers) → `harness` (the handlers without a transport) →
+//! this file (thread, run loop, heartbeat).
 
 pub(crate) mod client;
 pub(crate) mod conn;
