@@ -1,7 +1,8 @@
 //! Raising the open-file limit: every connection is a file descriptor, and
 //! shells often start processes with a soft limit of 1,024 under a much
 //! higher hard one. Shared by the server binary and the load harness (which
-//! includes this file by path), so both lift the limit the same way.
+//! links the library without the `server` feature), so both lift the limit
+//! the same way.
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; the soft limit in
 /// force afterwards, or `None` if it could not be read.

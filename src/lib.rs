@@ -26,27 +26,47 @@
 //! 5. [`server`]: bootstrap, lifecycle and the cross-thread API
 //!    ([`WebSocketHandler`], [`Handle`]).
 //!
+//! Everything but [`ws`] and [`protocol`] is behind the default `server`
+//! feature; with `default-features = false` the crate is just those two
+//! (and the open-file-limit helper), without RocksDB, tokio or the other
+//! server dependencies: what `loadtest/` links.
+//!
 //! See `docs/architecture.md` for the design and its alternatives.
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod events;
+#[doc(hidden)]
+pub mod fdlimit;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 mod shard;
+#[cfg(feature = "server")]
 pub mod status;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod ws;
 
+#[cfg(feature = "server")]
 pub use api::{CallContext, HandlerResult};
+#[cfg(feature = "server")]
 pub use config::{Config, IoDriver};
+#[cfg(feature = "server")]
 pub use events::Event;
+#[cfg(feature = "server")]
 pub use server::{ApiError, BindError, Handle, ServerError, Status, WebSocketHandler};
+#[cfg(feature = "server")]
 pub use shard::{DriverKind, StartError};
 
 /// One shard's protocol handlers without sockets (fuzz targets, tests).
+#[cfg(feature = "server")]
 #[doc(hidden)]
 pub use shard::harness::ProtocolHarness;

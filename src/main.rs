@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use wshandler::{Config, WebSocketHandler};
 
-mod fdlimit;
+use wshandler::fdlimit;
 
 // mimalloc: the server allocates many small, short-lived buffers (frames,
 // payload handles) from several shard threads; mimalloc's per-thread heaps

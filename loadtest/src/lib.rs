@@ -11,12 +11,6 @@
 //! - [`scenario`]: ingest, fanout, rpc, connect and mixed.
 //! - [`report`]: the final report as text, JSON and a self-contained HTML page.
 
-/// wshandler's sans-IO WebSocket core (frame parser, masking), compiled in
-/// from `../src/ws` so the load generator does not build the server.
-#[allow(dead_code, missing_docs)]
-#[path = "../../src/ws/mod.rs"]
-pub mod ws;
-
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -11,9 +11,8 @@ use wshandler_loadtest::report::Report;
 use wshandler_loadtest::scenario::{self, Device, Fanout, Profile};
 use wshandler_loadtest::{Limits, Target};
 
-// The server's own limit-raising code, shared by path like `src/ws`.
-#[path = "../../src/fdlimit.rs"]
-mod fdlimit;
+// The server's own limit-raising code.
+use wshandler::fdlimit;
 
 #[derive(Parser, Debug)]
 #[command(

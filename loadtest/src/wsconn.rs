@@ -8,11 +8,11 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::ws::frame::{FrameHeader, OpCode};
-use crate::ws::mask::apply_mask;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wshandler::ws::frame::{FrameHeader, OpCode};
+use wshandler::ws::mask::apply_mask;
 
 /// An upgraded connection.
 #[derive(Debug)]
