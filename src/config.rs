@@ -25,9 +25,9 @@
 //! the bottom layer.
 
 use std::fmt;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -852,7 +852,11 @@ impl Config {
     /// server only ever runs from a [`Checked`] config.
     pub fn validate(&self) -> Result<Checked, ConfigError> {
         self.check_rules()?;
-        let tables = self.table_list().iter().map(|t| Arc::from(t.as_str())).collect();
+        let tables = self
+            .table_list()
+            .iter()
+            .map(|t| Arc::from(t.as_str()))
+            .collect();
         Ok(Checked {
             retention: self.retention_map()?,
             max_message_size: if self.echo {

@@ -191,7 +191,12 @@ impl Conn {
     /// used unless this connection compresses. A connection whose queue is
     /// already over `max_backpressure` is a slow consumer: it is closed
     /// (1008) and the caller reports it.
-    pub(crate) fn push_external(self: &Rc<Self>, text: bool, payload: &Bytes, frame: &Bytes) -> Pushed {
+    pub(crate) fn push_external(
+        self: &Rc<Self>,
+        text: bool,
+        payload: &Bytes,
+        frame: &Bytes,
+    ) -> Pushed {
         if self.session.borrow().is_closing() || self.dead.get() {
             return Pushed::Closing;
         }

@@ -209,10 +209,7 @@ async fn handshake_phase<S: Stream>(
                     mem_level: c.compression_mem_level,
                     context_takeover: c.compression_context_takeover,
                 };
-                deflate::negotiate(
-                    &policy,
-                    req.extensions.iter().map(String::as_str),
-                )
+                deflate::negotiate(&policy, req.extensions.iter().map(String::as_str))
             } else {
                 None
             };
@@ -334,7 +331,9 @@ async fn read_loop<S: Stream>(
         }
         let need = conn.session.borrow().wanted(&buf).saturating_sub(buf.len());
         let want = need.clamp(read_size, MAX_READ.max(read_size));
-        let want = want.min(ctx.shared.config.max_message_size() + 14).max(MIN_READ);
+        let want = want
+            .min(ctx.shared.config.max_message_size() + 14)
+            .max(MIN_READ);
         if buf.is_empty() && buf.capacity() > 4 * want {
             buf = BytesMut::new(); // give back a buffer grown for a burst
         }

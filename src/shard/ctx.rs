@@ -129,7 +129,13 @@ impl ShardCtx {
         let key = self.next_key.get();
         self.next_key.set(key + 1);
         let id = self.shared.client_id(self.id, key);
-        Conn::new(&self.shared.config, (key, id), peer, deflate, self.tick.get())
+        Conn::new(
+            &self.shared.config,
+            (key, id),
+            peer,
+            deflate,
+            self.tick.get(),
+        )
     }
 
     pub(crate) fn weak(&self) -> Weak<ShardCtx> {
@@ -180,18 +186,29 @@ impl ShardCtx {
 
     /// Push a frame from elsewhere to `conn` (see [`Conn::push_external`]);
     /// a slow consumer is logged and reported. False if it was closed.
-    pub(crate) fn push(&self, conn: &Rc<Conn>, text: bool, payload: &bytes::Bytes, frame: &bytes::Bytes) -> bool {
+    pub(crate) fn push(
+        &self,
+        conn: &Rc<Conn>,
+        text: bool,
+        payload: &bytes::Bytes,
+        frame: &bytes::Bytes,
+    ) -> bool {
         match conn.push_external(text, payload, frame) {
             Pushed::Queued | Pushed::Closing => true,
             Pushed::SlowConsumer { queued } => {
                 let max = conn.max_backpressure;
-                self.seclog
-                    .log(SecEvent::SlowConsumer, self.id, conn.peer, &conn.client_id, || {
-                        format!("{queued} bytes queued, max_backpressure {max}")
-                    });
+                self.seclog.log(
+                    SecEvent::SlowConsumer,
+                    self.id,
+                    conn.peer,
+                    &conn.client_id,
+                    || format!("{queued} bytes queued, max_backpressure {max}"),
+                );
                 self.shared.events.emit(|| Event::ClientError {
                     client_id: conn.client_id.clone(),
-                    message: format!("slow consumer: {queued} bytes queued, max_backpressure {max}"),
+                    message: format!(
+                        "slow consumer: {queued} bytes queued, max_backpressure {max}"
+                    ),
                     code: close::POLICY,
                 });
                 false

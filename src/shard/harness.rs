@@ -89,15 +89,24 @@ impl ProtocolHarness {
     }
 
     fn deliver(&mut self, m: Message) -> Vec<Bytes> {
-        let (ctx, conn) = (self.ctx.clone(), self.conn.clone());
+        let (ctx, conn, inbox) = (self.ctx.clone(), self.conn.clone(), &self.inbox);
         self.local.block_on(&self.rt, async move {
             ctx.on_message(&conn, m);
-            // Let tasks the message spawned (handlers) take a turn.
-            tokio::task::yield_now().await;
+            // Let the tasks the message spawned (handlers, status
+            // collection) and the mail the shard sent itself (routed calls,
+            // their results) run, inside the runtime, until both are quiet.
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+                let mut mail = false;
+                while let Some(m) = inbox.try_recv() {
+                    ctx.on_mail(m);
+                    mail = true;
+                }
+                if !mail {
+                    break;
+                }
+            }
         });
-        while let Some(m) = self.inbox.try_recv() {
-            self.ctx.on_mail(m);
-        }
         self.take_frames()
     }
 
@@ -208,7 +217,10 @@ mod tests {
         assert_eq!(r[0]["type"], "data_response");
         assert_eq!(r[0]["success"], false);
         assert_eq!(r[0]["code"], "storage_unavailable");
-        assert!(!r[0]["message"].as_str().unwrap().contains("table"), "no detail: {r:?}");
+        assert!(
+            !r[0]["message"].as_str().unwrap().contains("table"),
+            "no detail: {r:?}"
+        );
         assert_eq!(r[1]["success"], true);
         assert_eq!(r[1]["insertId"], 42);
         assert!(h.ctx.pending_store.borrow().is_empty());

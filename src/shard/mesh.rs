@@ -110,10 +110,13 @@ impl Publish {
     }
 }
 
+/// The calling shard and its local delivery, for [`fan_out`].
+pub(crate) type Here<'a> = (usize, &'a dyn Fn(&Publish));
+
 /// Spread `p` to every shard. `here` is the calling shard and its local
 /// delivery (it delivers at once instead of through its own mailbox); off
 /// a shard (the API) pass `None`.
-pub(crate) fn fan_out(mailboxes: &[Mailbox], p: Publish, here: Option<(usize, &dyn Fn(&Publish))>) {
+pub(crate) fn fan_out(mailboxes: &[Mailbox], p: Publish, here: Option<Here<'_>>) {
     for (shard, m) in mailboxes.iter().enumerate() {
         match here {
             Some((me, deliver)) if me == shard => deliver(&p),

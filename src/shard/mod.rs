@@ -22,6 +22,8 @@ pub(crate) mod handlers;
 pub(crate) mod harness;
 pub(crate) mod mesh;
 pub(crate) mod notify;
+#[cfg(test)]
+mod protocol_tests;
 pub(crate) mod seclog;
 pub(crate) mod shared;
 

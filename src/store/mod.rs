@@ -28,8 +28,8 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use crate::config::Durability;
 
-pub use read::{Page, Record, Scan, Skipped, TableStats};
 pub(crate) use queue::StoreQueue;
+pub use read::{Page, Record, Scan, Skipped, TableStats};
 pub(crate) use writer::{Completion, CompletionSink, DedupKey, WriteMsg, WriteTask};
 #[cfg(test)]
 pub(crate) use writer::{StoreAck, WriteError};

@@ -126,7 +126,13 @@ mod tests {
         }
     }
 
-    fn queue(cap: usize) -> (StoreQueue, crossbeam_channel::Receiver<WriteMsg>, Arc<AtomicU64>) {
+    fn queue(
+        cap: usize,
+    ) -> (
+        StoreQueue,
+        crossbeam_channel::Receiver<WriteMsg>,
+        Arc<AtomicU64>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&crate::store::StoreConfig {
             dir: dir.path().to_owned(),

@@ -341,8 +341,7 @@ impl Writer {
             }
         }
         debug!(records = batch.len(), "batch committed");
-        let mut per_shard: Vec<Vec<Completion>> =
-            (0..self.shards).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<Completion>> = (0..self.shards).map(|_| Vec::new()).collect();
         for (shard, ticket, result) in results {
             if let Some(v) = per_shard.get_mut(shard) {
                 v.push(Completion { ticket, result });

@@ -105,7 +105,10 @@ both_drivers!(handle_after_stop_is_not_running, |driver| {
     assert!(handle.publish("t", &serde_json::json!(1), None).is_ok());
     srv.stop().await;
     let not_running = Err(wshandler::ApiError::NotRunning);
-    assert_eq!(handle.publish("t", &serde_json::json!(1), None), not_running);
+    assert_eq!(
+        handle.publish("t", &serde_json::json!(1), None),
+        not_running
+    );
     assert_eq!(
         handle.broadcast(true, bytes::Bytes::from_static(b"{}"), None),
         not_running

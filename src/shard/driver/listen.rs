@@ -120,9 +120,16 @@ mod tests {
     fn a_taken_port_is_addr_in_use_and_port_zero_is_shared() {
         let ls = bind_all("127.0.0.1", 0, 2, 16).unwrap();
         let addr = ls[0].local_addr().unwrap();
-        assert_eq!(ls[1].local_addr().unwrap(), addr, "one port for every shard");
+        assert_eq!(
+            ls[1].local_addr().unwrap(),
+            addr,
+            "one port for every shard"
+        );
         let err = bind_all("127.0.0.1", addr.port(), 1, 16).unwrap_err();
-        assert!(matches!(err, BindError::AddrInUse { addr: a } if a == addr), "{err}");
+        assert!(
+            matches!(err, BindError::AddrInUse { addr: a } if a == addr),
+            "{err}"
+        );
         assert!(matches!(
             bind_all("no-such-host.invalid", 0, 1, 16),
             Err(BindError::Resolve { .. })

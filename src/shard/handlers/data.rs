@@ -9,13 +9,13 @@ use std::rc::Rc;
 
 use super::reply::{json_string, send_result, Handled};
 use super::to_serde;
-use crate::shard::client::{HeavyGuard, PendingGuard};
 use crate::events::Event;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
 use crate::protocol::scan::{Field, Msg};
 use crate::protocol::ErrorCode;
 use crate::shard::client::Conn;
+use crate::shard::client::{HeavyGuard, PendingGuard};
 use crate::shard::ctx::{PendingStore, ShardCtx};
 use crate::store::{Completion, DedupKey, Scan, WriteTask};
 
@@ -301,8 +301,7 @@ impl ShardCtx {
         let conn = conn.clone();
         tokio::task::spawn_local(async move {
             let _guard = guard;
-            let r =
-                tokio::task::spawn_blocking(move || store.scan(&scan, key.as_ref())).await;
+            let r = tokio::task::spawn_blocking(move || store.scan(&scan, key.as_ref())).await;
             match r {
                 Ok(Ok(page)) => send_result(&conn, "response", &request_id, true, &page.to_json()),
                 Ok(Err(e)) => send_result(

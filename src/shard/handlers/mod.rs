@@ -214,7 +214,6 @@ impl ShardCtx {
         }
     }
 
-
     /// A message from another shard, the API or the store writer.
     pub(crate) fn on_mail(&self, msg: ShardMsg) {
         match msg {

@@ -102,7 +102,11 @@ impl ShardCtx {
         }
         let data = m.get("data").map_or(&b"null"[..], |d| d.raw());
         let p = Publish::new(&t, data, Some(&conn.client_id), Some((self.id, conn.key)));
-        mesh::fan_out(&self.shared.mailboxes, p, Some((self.id, &|p| self.deliver(p))));
+        mesh::fan_out(
+            &self.shared.mailboxes,
+            p,
+            Some((self.id, &|p| self.deliver(p))),
+        );
         conn.send_text(
             Obj::typed("publish_response")
                 .bool("success", true)

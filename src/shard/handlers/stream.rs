@@ -245,4 +245,3 @@ fn base64_len(s: &str) -> Option<u64> {
         .ok()
         .map(|b| b.len() as u64)
 }
-
