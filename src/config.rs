@@ -43,6 +43,27 @@ pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG", "WSH_LOG", "WSH_ENCRYPTION_KEY
 /// Log levels accepted by `log_level`, most to least verbose.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
+/// A permission set as written in a token entry's `permissions` table or a
+/// JWT's `perm` claim: patterns in the topic syntax per operation. A list
+/// left out allows nothing of that kind; `{device}` stands for the
+/// connection's device id. Compiled by `auth::Permissions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermSpec {
+    /// Topics and patterns that may be subscribed to.
+    pub subscribe: Vec<String>,
+    /// Topics that may be published to.
+    pub publish: Vec<String>,
+    /// Topics whose history may be read.
+    pub history: Vec<String>,
+    /// Data types (and tables) that may be stored or queried.
+    pub ingest: Vec<String>,
+    /// Request endpoints and RPC methods that may be called.
+    pub call: Vec<String>,
+    /// Service names that may be registered.
+    pub register: Vec<String>,
+}
+
 /// An accepted authentication token, optionally bound to one client type.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -15,6 +15,7 @@
 //!    WebSocketHandler JSON codec (message kinds, the validating scan,
 //!    reply building, topics, binary stream frames, error codes). [`status`],
 //!    [`events`], [`api`]: plain data, the event hub, the handler registry.
+//!    [`auth`]: credentials verified into an identity and its permissions.
 //! 3. [`store`]: RocksDB persistence — the writer thread (group commit)
 //!    reporting through a sink it is given, each shard's back-pressure
 //!    queue, keys, field encryption, read-back.
@@ -38,6 +39,8 @@
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod auth;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]

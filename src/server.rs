@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tracing::info;
 
 use crate::api::{self, CallContext, CallKind, HandlerResult, Registry};
+use crate::auth::Authenticator;
 use crate::config::Config;
 pub use crate::config::ECHO_MIN_PAYLOAD;
 use crate::events::Event;
@@ -35,6 +36,9 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The credentials configuration is unusable (a key file, a pattern).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The listeners could not be bound (port taken, bad host, ...).
     #[error(transparent)]
     Listen(#[from] BindError),
@@ -139,6 +143,7 @@ impl WebSocketHandler {
             return Err(ServerError::AlreadyStarted);
         }
         let config = self.config.validate()?;
+        let auth = Authenticator::new(&config)?;
         let n = config.shards;
         let listeners = listen::bind_all(&config.host, config.port, n, config.listen_backlog)?;
         let addr = listen::local_addr(&listeners[0], config.port)?;
@@ -155,6 +160,7 @@ impl WebSocketHandler {
         self.writer = writer;
         let shared = Arc::new(Shared::new(
             config,
+            auth,
             mailboxes,
             store,
             field_key,

@@ -36,17 +36,10 @@ pub(crate) struct InStream {
     pub(crate) bytes: u64,
 }
 
-/// What a successful `auth` granted, fixed for the connection's life.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Grant {
-    /// The client type the credential is bound to; `None`: any type no
-    /// other credential is bound to.
-    pub(crate) bound_type: Option<String>,
-    /// Which credential it was (`token:<index>` of `auth_tokens`, or
-    /// `token` for `auth_token`): scopes message-id de-duplication, so a
-    /// client holding one credential cannot pre-empt another's records.
-    pub(crate) scope: String,
-}
+/// What a successful `auth` granted: the verified identity (client type it
+/// may claim, device, permissions, expiry, and the de-duplication scope, so
+/// a client holding one credential cannot pre-empt another's records).
+pub(crate) type Grant = crate::auth::Identity;
 
 /// Protocol state of one connection (handshake, auth, subscriptions, streams).
 #[derive(Debug, Default)]

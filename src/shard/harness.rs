@@ -19,6 +19,7 @@ use super::client::Conn;
 use super::ctx::ShardCtx;
 use super::mesh::{mailbox, Inbox};
 use super::shared::Shared;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::ws::Message;
 
@@ -49,7 +50,8 @@ impl ProtocolHarness {
         let config = config
             .validate()
             .expect("the harness needs a valid configuration");
-        let mut shared = Shared::new(config, vec![mb], None, None, Default::default());
+        let auth = Authenticator::new(&config).expect("the harness needs valid credentials");
+        let mut shared = Shared::new(config, auth, vec![mb], None, None, Default::default());
         shared.instance = "harness".to_owned();
         shared.conn_count = AtomicUsize::new(1);
         let shared = Arc::new(shared);

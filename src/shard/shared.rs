@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use super::mesh::{Mailbox, ShardMsg};
 use crate::api::Registry;
+use crate::auth::Authenticator;
 use crate::config::Checked;
 use crate::events::EventHub;
 use crate::status::Status;
@@ -20,6 +23,8 @@ use crate::store::StoreHandle;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Checked,
+    /// Verifies credentials; swapped whole when tokens or keys reload.
+    pub(crate) auth: ArcSwap<Authenticator>,
     pub(crate) conn_count: AtomicUsize,
     pub(crate) stopping: AtomicBool,
     pub(crate) events: EventHub,
@@ -40,6 +45,7 @@ impl Shared {
     /// Shared state for `config`'s shards, reachable through `mailboxes`.
     pub(crate) fn new(
         config: Checked,
+        auth: Authenticator,
         mailboxes: Vec<Mailbox>,
         store: Option<StoreHandle>,
         field_key: Option<FieldKey>,
@@ -47,6 +53,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             config,
+            auth: ArcSwap::from_pointee(auth),
             conn_count: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             events: EventHub::default(),

@@ -43,6 +43,64 @@ pub struct Request {
     pub key: Option<String>,
     /// Every `Sec-WebSocket-Extensions` header value.
     pub extensions: Vec<String>,
+    /// `Origin` header (sent by browsers).
+    pub origin: Option<String>,
+    /// `Authorization` header, as sent (e.g. `Bearer <token>`).
+    pub authorization: Option<String>,
+    /// Every `X-Forwarded-For` header value, in order.
+    pub forwarded_for: Vec<String>,
+}
+
+impl Request {
+    /// The token of an `Authorization: Bearer <token>` header, if any.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let v = self.authorization.as_deref()?;
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The path without its query string.
+    pub fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(&self.path, |(p, _)| p)
+    }
+
+    /// The first value of query parameter `name`, percent-decoded (`+` is a
+    /// space). `None` if absent or not valid UTF-8 once decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let (_, q) = self.path.split_once('?')?;
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+        })
+    }
+}
+
+/// Decode `%XX` escapes and `+`; `None` on a bad escape or invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Parse a request head from the front of `buf`: `Ok(None)` if incomplete,
@@ -82,6 +140,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeEr
             r.key = Some(value());
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             r.extensions.push(value());
+        } else if name.eq_ignore_ascii_case("origin") {
+            r.origin = Some(value());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            r.authorization = Some(value());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            r.forwarded_for.push(value());
         }
     }
     Ok(Some((r, n)))
@@ -298,5 +362,49 @@ mod tests {
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         let body = r.split("\r\n\r\n").nth(1).unwrap();
         assert!(r.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    fn req(path: &str, auth: Option<&str>) -> Request {
+        Request {
+            path: path.into(),
+            authorization: auth.map(Into::into),
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        let r = req("/?a=1&token=ab%2Bc%3D+d&x", None);
+        assert_eq!(r.query_param("token").as_deref(), Some("ab+c= d"));
+        assert_eq!(r.query_param("x").as_deref(), Some(""));
+        assert_eq!(r.query_param("b"), None);
+        assert_eq!(r.path_only(), "/");
+        assert_eq!(req("/?token=%zz", None).query_param("token"), None);
+        assert_eq!(req("/?token=%ff", None).query_param("token"), None);
+        assert_eq!(req("/plain", None).query_param("token"), None);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(req("/", Some("Bearer abc")).bearer_token(), Some("abc"));
+        assert_eq!(req("/", Some("bearer  abc ")).bearer_token(), Some("abc"));
+        assert_eq!(req("/", Some("Basic abc")).bearer_token(), None);
+        assert_eq!(req("/", Some("Bearer ")).bearer_token(), None);
+        assert_eq!(req("/", None).bearer_token(), None);
+    }
+
+    #[test]
+    fn security_headers_are_kept() {
+        let head = b"GET /?token=t HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\
+X-Forwarded-For: 10.0.0.1, 10.0.0.2\r\nX-Forwarded-For: 10.0.0.3\r\nAuthorization: Bearer k\r\n\r\n";
+        let (r, _) = parse_request(head).unwrap().unwrap();
+        assert_eq!(r.origin.as_deref(), Some("https://a.example"));
+        assert_eq!(r.bearer_token(), Some("k"));
+        assert_eq!(r.forwarded_for, vec!["10.0.0.1, 10.0.0.2", "10.0.0.3"]);
     }
 }

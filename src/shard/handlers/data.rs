@@ -99,7 +99,7 @@ impl ShardCtx {
                         c.device_id.clone(),
                         c.grant
                             .as_ref()
-                            .map(|g| g.scope.clone())
+                            .map(|g| g.scope.to_string())
                             .unwrap_or_default(),
                     )
                 };

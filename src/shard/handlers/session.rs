@@ -6,8 +6,6 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use subtle::ConstantTimeEq;
-
 use super::reply::{clip, Handled};
 use crate::events::Event;
 use crate::protocol::json::Obj;
@@ -29,16 +27,12 @@ impl ShardCtx {
     /// Client types some credential is bound to: only that credential may
     /// claim them.
     pub(super) fn reserved_type(&self, ct: &str) -> bool {
-        self.shared
-            .config
-            .auth_tokens
-            .iter()
-            .any(|t| t.client_type() == Some(ct))
+        self.shared.auth.load().reserved_type(ct)
     }
 
     /// May a connection holding `grant` be of client type `ct`?
     pub(super) fn type_allowed(&self, grant: &Grant, ct: &str) -> bool {
-        match &grant.bound_type {
+        match &grant.client_type {
             Some(b) => b == ct,
             None => !self.reserved_type(ct),
         }
@@ -117,28 +111,13 @@ impl ShardCtx {
         Ok(())
     }
 
-    /// The credential `token` is, if any: constant time in every entry.
+    /// The credential `token` is, if any (see [`crate::auth::Authenticator::verify`]).
     pub(super) fn credential(&self, token: &str) -> Option<Grant> {
-        let cfg = &self.shared.config;
-        let t = token.as_bytes();
-        let mut found = None;
-        if let Some(a) = cfg.auth_token.as_deref() {
-            if bool::from(a.as_bytes().ct_eq(t)) {
-                found = Some(Grant {
-                    bound_type: None,
-                    scope: "token".to_owned(),
-                });
-            }
-        }
-        for (i, at) in cfg.auth_tokens.iter().enumerate() {
-            if bool::from(at.token().as_bytes().ct_eq(t)) && found.is_none() {
-                found = Some(Grant {
-                    bound_type: at.client_type().map(str::to_owned),
-                    scope: format!("token:{i}"),
-                });
-            }
-        }
-        found
+        self.shared
+            .auth
+            .load()
+            .verify(token, std::time::SystemTime::now())
+            .ok()
     }
 
     pub(super) fn on_auth(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {

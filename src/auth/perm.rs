@@ -1,0 +1,114 @@
+//! Permission sets: which topics, data types, endpoints and service names a
+//! credential may use. A set is written as patterns in the topic syntax
+//! (`*` one segment, `>` the rest); `{device}` stands for the connection's
+//! device id. Deny by default: an operation with no pattern allows nothing.
+
+use crate::config::PermSpec;
+
+/// An operation a permission set governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `subscribe` to a topic or pattern.
+    Subscribe,
+    /// `publish` to a topic.
+    Publish,
+    /// Read a topic's history.
+    History,
+    /// Store a reading of a data type (`data`, streams, `store.query` tables).
+    Ingest,
+    /// Call a request endpoint or RPC method.
+    Call,
+    /// Register a service name.
+    Register,
+}
+
+impl Op {
+    /// The key in a permission set.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Subscribe => "subscribe",
+            Op::Publish => "publish",
+            Op::History => "history",
+            Op::Ingest => "ingest",
+            Op::Call => "call",
+            Op::Register => "register",
+        }
+    }
+}
+
+/// A pattern in a permission set that is not a valid topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} pattern `{pattern}`: {reason}")]
+pub struct PermError {
+    /// Which list it was in.
+    pub op: &'static str,
+    /// The pattern as written.
+    pub pattern: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// A permission set compiled for one connection (`{device}` substituted).
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    lists: [Vec<Vec<String>>; 6],
+}
+
+fn index(op: Op) -> usize {
+    op as usize
+}
+
+impl Permissions {
+    /// Compile `spec` for the device `device_id` (a pattern naming
+    /// `{device}` matches nothing when there is no device id).
+    pub fn compile(spec: &PermSpec, device_id: Option<&str>) -> Result<Self, PermError> {
+        let mut lists: [Vec<Vec<String>>; 6] = Default::default();
+        for (op, pats) in [
+            (Op::Subscribe, &spec.subscribe),
+            (Op::Publish, &spec.publish),
+            (Op::History, &spec.history),
+            (Op::Ingest, &spec.ingest),
+            (Op::Call, &spec.call),
+            (Op::Register, &spec.register),
+        ] {
+            for p in pats {
+                let err = |reason: String| PermError {
+                    op: op.as_str(),
+                    pattern: p.clone(),
+                    reason,
+                };
+                crate::protocol::topic::validate_pattern(&p.replace("{device}", "d"))
+                    .map_err(|e| err(e.to_string()))?;
+                if p.contains("{device}") {
+                    let Some(d) = device_id else { continue };
+                    if d.contains('.') || d == "*" || d == ">" || d.is_empty() {
+                        continue;
+                    }
+                    lists[index(op)].push(p.replace("{device}", d).split('.').map(String::from).collect());
+                } else {
+                    lists[index(op)].push(p.split('.').map(String::from).collect());
+                }
+            }
+        }
+        Ok(Self { lists })
+    }
+
+    /// May `subject` be used for `op`? A subject with wildcards (a
+    /// subscription pattern) is allowed only if one permission pattern
+    /// covers everything it can match.
+    pub fn allows(&self, op: Op, subject: &str) -> bool {
+        let s: Vec<&str> = subject.split('.').collect();
+        self.lists[index(op)].iter().any(|p| covers(p, &s))
+    }
+}
+
+/// Does permission pattern `p` cover every topic subject pattern `s` matches?
+fn covers(p: &[String], s: &[&str]) -> bool {
+    match (p.first().map(String::as_str), s.first()) {
+        (Some(">"), Some(_)) => true,
+        (Some(">"), None) | (None, Some(_)) | (Some(_), None) => false,
+        (None, None) => true,
+        (Some("*"), Some(&x)) => x != ">" && covers(&p[1..], &s[1..]),
+        (Some(a), Some(&x)) => a == x && covers(&p[1..], &s[1..]),
+    }
+}
