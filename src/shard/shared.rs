@@ -151,7 +151,8 @@ mod tests {
     fn client_ids_route_back_to_their_shard() {
         let mb: Vec<_> = (0..3).map(|_| super::super::mesh::mailbox().0).collect();
         let cfg = crate::config::Config::default().validate().unwrap();
-        let s = Shared::new(cfg, mb, None, None, Default::default());
+        let auth = Authenticator::new(&cfg).unwrap();
+        let s = Shared::new(cfg, auth, mb, None, None, Default::default());
         let id = s.client_id(2, 41);
         assert_eq!(s.route(&id), Some((2, 41)));
         assert_eq!(s.route(&s.client_id(3, 1)), None, "no shard 3");
