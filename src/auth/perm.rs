@@ -84,7 +84,12 @@ impl Permissions {
                     if d.contains('.') || d == "*" || d == ">" || d.is_empty() {
                         continue;
                     }
-                    lists[index(op)].push(p.replace("{device}", d).split('.').map(String::from).collect());
+                    lists[index(op)].push(
+                        p.replace("{device}", d)
+                            .split('.')
+                            .map(String::from)
+                            .collect(),
+                    );
                 } else {
                     lists[index(op)].push(p.split('.').map(String::from).collect());
                 }
