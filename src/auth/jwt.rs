@@ -85,7 +85,9 @@ fn parse_alg(a: &str) -> Option<Algorithm> {
 fn pem_key(path: &Path, alg: Option<&str>) -> Result<(Algorithm, DecodingKey), AuthError> {
     let pem = std::fs::read(path).map_err(|e| cfg_err(path, e))?;
     let named = match alg {
-        Some(a) => Some(parse_alg(a).ok_or_else(|| cfg_err(path, format!("unknown algorithm {a}")))?),
+        Some(a) => {
+            Some(parse_alg(a).ok_or_else(|| cfg_err(path, format!("unknown algorithm {a}")))?)
+        }
         None => None,
     };
     let rsa = || DecodingKey::from_rsa_pem(&pem);
@@ -103,7 +105,12 @@ fn pem_key(path: &Path, alg: Option<&str>) -> Result<(Algorithm, DecodingKey), A
         ) => (a, rsa().map_err(bad)?),
         Some(a @ (Algorithm::ES256 | Algorithm::ES384)) => (a, ec().map_err(bad)?),
         Some(Algorithm::EdDSA) => (Algorithm::EdDSA, ed().map_err(bad)?),
-        Some(a) => return Err(cfg_err(path, format!("{a:?} is not a public-key algorithm"))),
+        Some(a) => {
+            return Err(cfg_err(
+                path,
+                format!("{a:?} is not a public-key algorithm"),
+            ))
+        }
         None => {
             if let Ok(k) = rsa() {
                 (Algorithm::RS256, k)
@@ -133,7 +140,10 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, AuthError> {
             // `KeyAlgorithm`'s names are the JOSE names (`RS256`, `EdDSA`);
             // the encryption ones (`RSA-OAEP`) are not signature algorithms.
             Some(ka) => Some(parse_alg(&format!("{ka:?}")).ok_or_else(|| {
-                cfg_err(path, format!("key {i}: {ka:?} is not a signature algorithm"))
+                cfg_err(
+                    path,
+                    format!("key {i}: {ka:?} is not a signature algorithm"),
+                )
             })?),
             None => None,
         };

@@ -178,7 +178,9 @@ impl Authenticator {
     /// Client types some static credential is bound to: only that
     /// credential (or a JWT naming the type in `ctype`) may claim them.
     pub fn reserved_type(&self, ct: &str) -> bool {
-        self.tokens.iter().any(|t| t.client_type.as_deref() == Some(ct))
+        self.tokens
+            .iter()
+            .any(|t| t.client_type.as_deref() == Some(ct))
     }
 
     /// Verify `token` at time `now`: a JWT (three dot-separated parts) when

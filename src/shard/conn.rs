@@ -66,8 +66,10 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     let mut buf = BytesMut::new();
     // Boxed: the handshake's state is freed once it is done instead of
     // staying inline (as dead space) in every connection's task.
-    let Some(Upgraded { deflate, credential }) =
-        Box::pin(handshake_phase(&*stream, &mut buf, &ctx)).await
+    let Some(Upgraded {
+        deflate,
+        credential,
+    }) = Box::pin(handshake_phase(&*stream, &mut buf, &ctx)).await
     else {
         Box::pin(linger(&*stream)).await;
         return;

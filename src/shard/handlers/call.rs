@@ -12,8 +12,8 @@ use futures_util::FutureExt;
 
 use super::reply::{clip, json_string, send_result, Handled};
 use super::to_serde;
-use crate::auth::Op;
 use crate::api::{CallContext, CallKind, Registrant};
+use crate::auth::Op;
 use crate::events::Event;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;

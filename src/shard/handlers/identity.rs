@@ -44,10 +44,13 @@ impl ShardCtx {
         if allowed {
             return Ok(());
         }
-        self.seclog
-            .log(SecEvent::Forbidden, self.id, conn.peer, &conn.client_id, || {
-                format!("{} `{}` not permitted", op.as_str(), clip(subject, 64))
-            });
+        self.seclog.log(
+            SecEvent::Forbidden,
+            self.id,
+            conn.peer,
+            &conn.client_id,
+            || format!("{} `{}` not permitted", op.as_str(), clip(subject, 64)),
+        );
         Err(self.refuse(
             conn,
             m,
@@ -116,20 +119,33 @@ impl ShardCtx {
 
     /// Close this shard's connections of `device` except `keep` (4002).
     pub(super) fn replace_device(&self, device: &str, keep: (usize, u64)) {
-        let keys = self.devices.borrow().get(device).cloned().unwrap_or_default();
+        let keys = self
+            .devices
+            .borrow()
+            .get(device)
+            .cloned()
+            .unwrap_or_default();
         for k in keys {
             if (self.id, k) == keep {
                 continue;
             }
             if let Some(c) = self.conn(k) {
-                c.close_with(close::REPLACED, "replaced by a newer connection of this device");
+                c.close_with(
+                    close::REPLACED,
+                    "replaced by a newer connection of this device",
+                );
             }
         }
     }
 
     /// Queue `payload` on every connection of `device` here; how many.
     pub(super) fn send_to_device_local(&self, device: &str, payload: &bytes::Bytes) -> usize {
-        let keys = self.devices.borrow().get(device).cloned().unwrap_or_default();
+        let keys = self
+            .devices
+            .borrow()
+            .get(device)
+            .cloned()
+            .unwrap_or_default();
         let frame = crate::ws::frame::encode(crate::ws::frame::OpCode::Text, false, payload);
         keys.into_iter()
             .filter_map(|k| self.conn(k))
@@ -161,8 +177,7 @@ impl ShardCtx {
         let grace = self.shared.config.jwt.expired_grace;
         let (weak, shard) = (Rc::downgrade(conn), self.weak());
         let current = move |weak: &std::rc::Weak<Conn>| {
-            weak.upgrade()
-                .filter(|c| c.client.borrow().auth_gen == gen)
+            weak.upgrade().filter(|c| c.client.borrow().auth_gen == gen)
         };
         tokio::task::spawn_local(async move {
             tokio::time::sleep(wait).await;
@@ -211,10 +226,13 @@ impl ShardCtx {
                     Err(e) => e.to_string(),
                     Ok(_) => "client type not allowed".to_owned(),
                 };
-                self.seclog
-                    .log(SecEvent::AuthFailed, self.id, conn.peer, &conn.client_id, || {
-                        format!("upgrade credential refused: {why}")
-                    });
+                self.seclog.log(
+                    SecEvent::AuthFailed,
+                    self.id,
+                    conn.peer,
+                    &conn.client_id,
+                    || format!("upgrade credential refused: {why}"),
+                );
                 Err(why)
             }
         }
@@ -258,10 +276,13 @@ impl ShardCtx {
             Ok(id) => id,
             Err(AuthError::Invalid) => {
                 reply(false, "Invalid token", None, Some(ErrorCode::AuthFailed));
-                self.seclog
-                    .log(SecEvent::AuthFailed, self.id, conn.peer, &conn.client_id, || {
-                        "invalid token in refresh".to_owned()
-                    });
+                self.seclog.log(
+                    SecEvent::AuthFailed,
+                    self.id,
+                    conn.peer,
+                    &conn.client_id,
+                    || "invalid token in refresh".to_owned(),
+                );
                 conn.close_with(close::INVALID_CREDENTIALS, "invalid credentials");
                 return Ok(());
             }

@@ -330,7 +330,10 @@ impl ShardCtx {
     /// fail calls that were waiting on it.
     pub(crate) fn on_close(&self, conn: &Conn) {
         let c = std::mem::take(&mut *conn.client.borrow_mut());
-        self.forget_device(conn.key, c.grant.as_ref().and_then(|g| g.device_id.as_ref()));
+        self.forget_device(
+            conn.key,
+            c.grant.as_ref().and_then(|g| g.device_id.as_ref()),
+        );
         if !c.subs.is_empty() {
             let mut trie = self.subs.borrow_mut();
             for s in &c.subs {
