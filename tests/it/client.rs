@@ -22,9 +22,15 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
+        Client::connect_req(format!("ws://{addr}/")).await
+    }
+
+    /// Connect with a URL (`ws://addr/?token=...`) or a request carrying
+    /// headers (`Authorization: Bearer ...`), and read the `welcome`.
+    pub async fn connect_req(
+        req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let mut c = Client {
             ws,
             id: String::new(),
