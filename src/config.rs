@@ -33,6 +33,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod limits;
+
+pub use limits::LimitsConfig;
+
 /// Prefix of the environment variables that set configuration fields.
 pub const ENV_PREFIX: &str = "WSH_";
 
@@ -354,6 +358,11 @@ pub struct Config {
     /// a page fits the connection's outbound bound with room to spare. At
     /// least 1024. Default 524288 (512 KiB).
     pub query_max_bytes: usize,
+
+    // --- Abuse limits ---
+    /// Per-address limits at the upgrade, trusted proxies, allowed browser
+    /// origins (`[limits]` table; see [`LimitsConfig`]).
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -421,6 +430,7 @@ impl Default for Config {
             table_retention: Vec::new(),
             query_max_records: 1000,
             query_max_bytes: 512 * 1024,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -504,6 +514,7 @@ impl fmt::Debug for Config {
             table_retention,
             query_max_records,
             query_max_bytes,
+            limits,
         } = self;
         f.debug_struct("Config")
             .field("port", port)
@@ -570,6 +581,7 @@ impl fmt::Debug for Config {
             .field("table_retention", table_retention)
             .field("query_max_records", query_max_records)
             .field("query_max_bytes", query_max_bytes)
+            .field("limits", limits)
             .finish()
     }
 }
@@ -1101,6 +1113,7 @@ impl Config {
                 ),
             );
         }
+        self.limits.check(self.max_connections)?;
         Ok(())
     }
 }
