@@ -314,21 +314,29 @@ both_drivers!(
 
 both_drivers!(limits_dropped_connections_give_their_place_back, |driver| {
     // Every way a connection ends releases its place: a peer that vanishes
-    // without a close, and one refused by max_connections after admission.
+    // without a close, and an upgrade admitted by the address limit but
+    // then refused by max_connections.
     let mut cfg = test_config(driver);
-    cfg.limits.max_connections_per_ip = 1;
+    cfg.limits.max_connections_per_ip = 2;
     cfg.max_connections = 1;
     let srv = TestServer::start(cfg).await;
     let events = srv.server.subscribe_events();
     let a = try_upgrade(srv.addr, "").await.unwrap();
+    for _ in 0..3 {
+        let r = try_upgrade(srv.addr, "").await.err().unwrap();
+        assert_eq!(status_of(&r), 503, "max_connections, not the address: {r}");
+    }
     drop(a); // TCP close, no close frame
     wait_event(&events, |e| {
         matches!(e, wshandler::Event::ClientDisconnected { .. })
     })
     .await;
     let _b = try_upgrade(srv.addr, "").await.unwrap();
+    // Were a place leaked, the address would be at 2 by now: 429.
     let r = try_upgrade(srv.addr, "").await.err().unwrap();
-    assert_eq!(status_of(&r), 429, "{r}");
+    assert_eq!(status_of(&r), 503, "{r}");
+    let st = srv.server.get_status().await.unwrap();
+    assert_eq!(st.admission.refused.per_ip_connections, 0);
     srv.stop().await;
 });
 
