@@ -96,7 +96,7 @@ impl LimitsConfig {
     }
 
     /// `trusted_proxies`, parsed (entries that do not parse are skipped:
-    /// [`check`](Self::check) refuses them at start).
+    /// [`Config::validate`](super::Config::validate) refuses them at start).
     pub fn proxies(&self) -> Vec<Cidr> {
         self.trusted_proxies
             .iter()
@@ -284,12 +284,15 @@ impl fmt::Display for Cidr {
 /// send it (`https://a.example:443` is `https://a.example`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginPattern {
-    /// `scheme://host[:port]` in lower case, default port dropped; for a
-    /// wildcard, the part after `*.` with the scheme kept separately.
+    /// Lower-case scheme.
     scheme: String,
+    /// Lower-case host; for a wildcard, the part after `*.`.
     host: String,
+    /// The port, unless it is the scheme's default.
     port: Option<u16>,
+    /// `*.host`: any subdomain of `host`.
     wildcard: bool,
+    /// The literal `null` origin.
     null: bool,
 }
 
@@ -304,7 +307,8 @@ pub struct OriginError {
 }
 
 /// The parts of an origin: lower-case scheme and host, and the port unless
-/// it is the scheme's default. `None` if it is not `scheme://host[:port]`.
+/// it is the scheme's default; what is wrong if it is not
+/// `scheme://host[:port]`.
 fn origin_parts(s: &str) -> Result<(String, String, Option<u16>), &'static str> {
     let (scheme, rest) = s.split_once("://").ok_or("no scheme://")?;
     if scheme.is_empty()
