@@ -63,8 +63,9 @@ pub struct LimitsConfig {
     /// Addresses tracked at once for the limits above (about 100 bytes
     /// each); idle entries are pruned when the table is full, and a new
     /// address that finds it full of live entries is answered 503 with
-    /// `Retry-After`. At least `max_connections` when any per-address limit
-    /// is on. Default 100000.
+    /// `Retry-After`. At least `max_connections` when
+    /// `connections_per_ip_per_s` or `max_connections_per_ip` is on.
+    /// Default 100000.
     pub max_tracked_ips: usize,
     /// IPv6 clients are limited per block of this prefix length, not per
     /// address: one host usually holds a whole /64. 32..=128. Default 64.
@@ -139,11 +140,15 @@ impl LimitsConfig {
                 format!("must be between 32 and 128 (got {})", self.ipv6_prefix),
             );
         }
-        if self.tracks_addresses() && self.max_tracked_ips < max_connections.max(1) {
+        // Open connections from distinct addresses each hold an entry under
+        // these two; past the table's size they would be refused with 503
+        // before max_connections is reached.
+        let per_connection = self.connections_per_ip_per_s > 0 || self.max_connections_per_ip > 0;
+        if per_connection && self.max_tracked_ips < max_connections.max(1) {
             return invalid(
                 "limits.max_tracked_ips",
                 format!(
-                    "must be at least max_connections ({max_connections}) when a per-address limit is on (got {})",
+                    "must be at least max_connections ({max_connections}) when connections_per_ip_per_s or max_connections_per_ip is on (got {})",
                     self.max_tracked_ips
                 ),
             );
@@ -564,14 +569,15 @@ mod tests {
         bad(
             LimitsConfig {
                 max_tracked_ips: 99,
+                max_connections_per_ip: 10,
                 ..ok.clone()
             },
             "limits.max_tracked_ips",
         );
-        // With nothing tracked, the table size does not matter.
+        // Only failing addresses are tracked for the auth limit: the table
+        // need not hold max_connections of them.
         LimitsConfig {
-            max_tracked_ips: 0,
-            auth_failures_per_ip_per_min: 0,
+            max_tracked_ips: 99,
             ..ok.clone()
         }
         .check(100)
