@@ -38,6 +38,17 @@ enum Command {
     Query(QueryArgs),
     /// Print per-table record counts and sizes (works while the server runs).
     Stats(StatsArgs),
+    /// Token utilities.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print the SHA-256 (hex) of a token read from stdin (one line; the
+    /// trailing newline is not part of it), for an `auth_tokens` entry
+    /// `{ sha256 = "..." }`: the config then holds no secret.
+    Hash,
 }
 
 #[derive(Args, Debug)]
@@ -186,11 +197,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Query(args) => query(args).unwrap_or_else(|e| report(Err(e))),
         Command::Stats(args) => report(stats(args)),
+        Command::Token(TokenCommand::Hash) => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("wshandler: cannot read stdin: {e}");
+                return ExitCode::from(2);
+            }
+            let token = line.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                eprintln!("wshandler: no token on stdin");
+                return ExitCode::from(2);
+            }
+            println!("{}", wshandler::auth::sha256_hex(token.as_bytes()));
+            ExitCode::SUCCESS
+        }
         Command::Config(args) => match args.load() {
             Ok(cfg) => {
                 print!(
                     "{}",
-                    toml::to_string_pretty(&cfg).expect("config serialises")
+                    toml::to_string_pretty(&cfg.redacted()).expect("config serialises")
                 );
                 ExitCode::SUCCESS
             }
@@ -208,12 +233,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_level);
-            report(serve(cfg))
+            report(serve(cfg, args))
         }
     }
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
+fn serve(cfg: Config, args: ServeArgs) -> anyhow::Result<()> {
     raise_fd_limit(cfg.max_connections);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -227,7 +252,18 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let addr = server.local_addr().expect("started");
         // Tools (tests, the loadtest --spawn mode) read this line for the port.
         println!("wshandler listening on {addr}");
-        signals.wait().await;
+        let handle = server.handle()?;
+        // SIGHUP: load the configuration again (file, env, flags) and
+        // reload credentials from it; connections stay up.
+        signals
+            .wait(|| match args.load() {
+                Ok(new) => match handle.reload_auth(&new) {
+                    Ok(()) => tracing::info!("SIGHUP: credentials reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous credentials"),
+                },
+                Err(e) => tracing::error!(error = %e, "SIGHUP: config does not load; keeping the previous credentials"),
+            })
+            .await;
         tracing::info!("signal received, stopping");
         server.stop().await;
         Ok(())
@@ -252,10 +288,12 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// SIGINT and SIGTERM, registered before the server starts.
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload), registered before the
+/// server starts.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -264,13 +302,18 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+    /// Until SIGINT or SIGTERM; `on_hup` runs on each SIGHUP.
+    async fn wait(mut self, mut on_hup: impl FnMut()) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => on_hup(),
+            }
         }
     }
 }

@@ -102,18 +102,28 @@ impl Permissions {
     /// subscription pattern) is allowed only if one permission pattern
     /// covers everything it can match.
     pub fn allows(&self, op: Op, subject: &str) -> bool {
-        let s: Vec<&str> = subject.split('.').collect();
-        self.lists[index(op)].iter().any(|p| covers(p, &s))
+        self.lists[index(op)]
+            .iter()
+            .any(|p| covers(p, Some(subject)))
     }
 }
 
-/// Does permission pattern `p` cover every topic subject pattern `s` matches?
-fn covers(p: &[String], s: &[&str]) -> bool {
-    match (p.first().map(String::as_str), s.first()) {
+/// Does permission pattern `p` cover every topic the subject pattern `s`
+/// (its remaining segments; `None` when none are left) matches? Walks the
+/// subject in place: no allocation per check.
+fn covers(p: &[String], s: Option<&str>) -> bool {
+    let (head, rest) = match s {
+        None => (None, None),
+        Some(s) => match s.split_once('.') {
+            Some((h, r)) => (Some(h), Some(r)),
+            None => (Some(s), None),
+        },
+    };
+    match (p.first().map(String::as_str), head) {
         (Some(">"), Some(_)) => true,
-        (Some(">"), None) | (None, Some(_)) | (Some(_), None) => false,
         (None, None) => true,
-        (Some("*"), Some(&x)) => x != ">" && covers(&p[1..], &s[1..]),
-        (Some(a), Some(&x)) => a == x && covers(&p[1..], &s[1..]),
+        (Some(">"), None) | (None, Some(_)) | (Some(_), None) => false,
+        (Some("*"), Some(x)) => x != ">" && covers(&p[1..], rest),
+        (Some(a), Some(x)) => a == x && covers(&p[1..], rest),
     }
 }

@@ -518,6 +518,117 @@ mod tests {
         }
     }
 
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_table_from_a_file_env_and_flags() {
+        use crate::config::Config;
+        let c = Config::from_toml_str(
+            "[limits]\nconnections_per_ip_per_s = 10\nconnections_per_ip_burst = 50\n\
+             auth_failure_backoff = \"90s\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             allowed_origins = [\"https://app.example.com\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.connections_per_ip_per_s, 10);
+        assert_eq!(c.limits.connections_per_ip_burst, 50);
+        assert_eq!(c.limits.auth_failure_backoff, Duration::from_secs(90));
+        assert_eq!(c.limits.proxies().len(), 2);
+        assert_eq!(c.limits.origins().len(), 1);
+
+        let c = Config::load(
+            None,
+            env(&[
+                ("WSH_LIMITS_MAX_CONNECTIONS_PER_IP", "5"),
+                ("WSH_LIMITS_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+                ("WSH_LIMITS_AUTH_FAILURE_BACKOFF", "2m"),
+            ]),
+            &env(&[
+                (
+                    "limits.allowed_origins",
+                    "https://a.example,https://*.b.example",
+                ),
+                ("--limits-ipv6-prefix", "56"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections_per_ip, 5);
+        assert_eq!(c.limits.trusted_proxies, ["10.0.0.0/8", "::1"]);
+        assert_eq!(c.limits.auth_failure_backoff, Duration::from_secs(120));
+        assert_eq!(
+            c.limits.allowed_origins,
+            ["https://a.example", "https://*.b.example"]
+        );
+        assert_eq!(c.limits.ipv6_prefix, 56);
+        // Printed and read back as the same table.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[limits]"), "{text}");
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_entries_name_their_key() {
+        use crate::config::Config;
+        let err =
+            Config::from_toml_str("[limits]\ntrusted_proxies = [\"10.0.0.0/33\"]").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "limits.trusted_proxies",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("limits.trusted_proxies") && msg.contains("10.0.0.0/33"),
+            "{msg}"
+        );
+
+        let err = Config::load(
+            None,
+            env(&[("WSH_LIMITS_TRUSTED_PROXIES", "proxy.internal")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.trusted_proxies"), "{err}");
+        assert!(err.to_string().contains("proxy.internal"), "{err}");
+
+        let err =
+            Config::load(None, env(&[]), &env(&[("limits.allowed_origins", "*")])).unwrap_err();
+        assert!(err.to_string().contains("limits.allowed_origins"), "{err}");
+
+        let err = Config::from_toml_str("[limits]\nmax_conections_per_ip = 3").unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("limits.max_conections_per_ip"),
+            "{err}"
+        );
+
+        let err = Config::load(
+            None,
+            env(&[("WSH_LIMITS_MAX_CONNECTIONS_PER_IP", "-1")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("WSH_LIMITS_MAX_CONNECTIONS_PER_IP"),
+            "{err}"
+        );
+
+        let err = Config::from_toml_str(
+            "max_connections = 1000\n[limits]\nmax_connections_per_ip = 10\nmax_tracked_ips = 999",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.max_tracked_ips"), "{err}");
+    }
+
     #[test]
     fn rules() {
         let ok = LimitsConfig::default();

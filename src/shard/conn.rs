@@ -67,8 +67,12 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     let mut buf = BytesMut::new();
     // Boxed: the handshake's state is freed once it is done instead of
     // staying inline (as dead space) in every connection's task.
-    let Some((deflate, ticket, client_ip)) =
-        Box::pin(handshake_phase(&*stream, &mut buf, peer, &ctx)).await
+    let Some(Upgraded {
+        deflate,
+        credential,
+        ticket,
+        client_ip,
+    }) = Box::pin(handshake_phase(&*stream, &mut buf, peer, &ctx)).await
     else {
         Box::pin(linger(&*stream)).await;
         return;
@@ -94,7 +98,7 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     });
     debug!(client = %conn.client_id, %peer, "connected");
 
-    ctx.on_open(&conn);
+    ctx.on_open_with(&conn, credential);
     let writer = tokio::task::spawn_local(write_loop(stream.clone(), conn.clone()));
     let end = read_loop(&*stream, &conn, buf, &ctx).await;
     trace!(client = %conn.client_id, ?end, "reader done");
@@ -144,16 +148,28 @@ impl Drop for Slot {
     }
 }
 
-/// Read the upgrade request and answer it. Returns the agreed deflate state
-/// (`None` = upgraded without compression), the admission ticket and the
-/// client's address (`peer`, or what a trusted proxy forwarded), or `None`
-/// if the connection is done (refused, health check, timeout).
+/// What an accepted upgrade agreed.
+struct Upgraded {
+    /// The deflate state (`None`: no compression).
+    deflate: Option<Deflate>,
+    /// A credential the request carried (`Authorization: Bearer`, or
+    /// `?token=` when `allow_query_token`), verified; `None` if none was
+    /// presented or authentication is off.
+    credential: Option<Result<crate::auth::Identity, crate::auth::AuthError>>,
+    /// The address's place under `limits.max_connections_per_ip`.
+    ticket: Ticket,
+    /// The client's address: the peer's, or what a trusted proxy forwarded.
+    client_ip: IpAddr,
+}
+
+/// Read the upgrade request and answer it. Returns what was agreed, or
+/// `None` if the connection is done (refused, health check, timeout).
 async fn handshake_phase<S: Stream>(
     stream: &S,
     buf: &mut BytesMut,
     peer: SocketAddr,
     ctx: &ShardCtx,
-) -> Option<(Option<Deflate>, Ticket, IpAddr)> {
+) -> Option<Upgraded> {
     let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
     let (req, head_len) = loop {
         match handshake::parse_request(buf) {
@@ -246,11 +262,26 @@ async fn handshake_phase<S: Stream>(
                 return None;
             }
             let mem_level = shared.config.compression_mem_level;
-            Some((
-                agreed.map(|(p, _)| Deflate::with_mem_level(p, mem_level)),
+            let credential = if shared.config.enable_authentication {
+                let query;
+                let token = match req.bearer_token() {
+                    Some(t) => Some(t),
+                    None if shared.config.allow_query_token => {
+                        query = req.query_param("token");
+                        query.as_deref()
+                    }
+                    None => None,
+                };
+                token.map(|t| shared.auth.load().verify(t, std::time::SystemTime::now()))
+            } else {
+                None
+            };
+            Some(Upgraded {
+                deflate: agreed.map(|(p, _)| Deflate::with_mem_level(p, mem_level)),
+                credential,
                 ticket,
                 client_ip,
-            ))
+            })
         }
     }
 }

@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) config: Checked,
     /// Verifies credentials; swapped whole when tokens or keys reload.
     pub(crate) auth: ArcSwap<Authenticator>,
+    /// The settings `auth` was built from (replaced by a reload): what the
+    /// key-file watcher rebuilds from. Locked only to reload.
+    pub(crate) auth_source: std::sync::Mutex<crate::config::Config>,
     pub(crate) conn_count: AtomicUsize,
     pub(crate) stopping: AtomicBool,
     pub(crate) events: EventHub,
@@ -57,6 +60,7 @@ impl Shared {
         registry: Arc<Registry>,
     ) -> Shared {
         Shared {
+            auth_source: std::sync::Mutex::new(crate::config::Config::clone(&config)),
             admission: Arc::new(Admission::new(&config.limits)),
             config,
             auth: ArcSwap::from_pointee(auth),

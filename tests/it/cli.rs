@@ -195,7 +195,7 @@ fn issue9_item12_toml_array_lists_from_set_and_env() {
         ),
     ] {
         assert_eq!(cfg.auth_tokens.len(), 1, "{:?}", cfg.auth_tokens);
-        assert_eq!(cfg.auth_tokens[0].token(), "svc-only");
+        assert_eq!(cfg.auth_tokens[0].token(), Some("svc-only"));
         assert_eq!(cfg.auth_tokens[0].client_type(), Some("service"));
     }
 
