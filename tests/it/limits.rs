@@ -490,3 +490,76 @@ both_drivers!(limits_auth_failures_count_the_forwarded_address, |driver| {
         .unwrap();
     srv.stop().await;
 });
+
+#[test]
+fn limits_refusals_are_logged_rate_limited_with_the_client_address() {
+    use std::io::Read;
+    for driver in ["uring", "epoll"] {
+        let mut cmd = bin();
+        cmd.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "1",
+        ])
+        .args(["--io-driver", driver, "--set", "persist=false"])
+        .args(["--set", "limits.max_connections_per_ip=1"])
+        .args(["--set", "limits.trusted_proxies=127.0.0.1"])
+        .env("WSH_LIMITS_ALLOWED_ORIGINS", "https://app.example.com")
+        .stderr(std::process::Stdio::piped());
+        let (mut child, addr) = spawn_listening(&mut cmd);
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let xff = "X-Forwarded-For: 203.0.113.9\r\n";
+            let _held = try_upgrade(addr, xff).await.unwrap();
+            for _ in 0..50 {
+                let r = try_upgrade(addr, xff).await.err().unwrap();
+                assert_eq!(status_of(&r), 429, "{r}");
+            }
+            let r = try_upgrade(addr, "Origin: https://evil.example\r\n")
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(status_of(&r), 403, "{r}");
+        });
+        signal(child.id(), libc::SIGTERM);
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        child.wait().unwrap();
+        let per_ip: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("security: upgrade refused: max_connections_per_ip"))
+            .collect();
+        assert!(!per_ip.is_empty(), "{driver}: no security line in:\n{err}");
+        assert!(
+            per_ip.len() <= 5,
+            "{driver}: 50 refusals, {} lines:\n{err}",
+            per_ip.len()
+        );
+        assert!(
+            per_ip
+                .iter()
+                .all(|l| l.contains("WARN") && l.contains("client 203.0.113.9, forwarded")),
+            "{driver}:\n{err}"
+        );
+        // Another reason has its own allowance: not drowned by the storm.
+        assert!(
+            err.lines()
+                .any(|l| l.contains("upgrade refused: origin not allowed")
+                    && l.contains("https://evil.example")),
+            "{driver}:\n{err}"
+        );
+    }
+}
