@@ -162,6 +162,15 @@ both_drivers!(
 
 // --- [limits]: abuse limits at the upgrade -------------------------------
 
+/// The test config, with a short drain: these tests end holding raw
+/// clients that do not answer the server's close.
+fn limits_config(driver: wshandler::IoDriver) -> wshandler::Config {
+    wshandler::Config {
+        drain_timeout: Duration::from_millis(100),
+        ..test_config(driver)
+    }
+}
+
 /// An upgrade request with `extra` header lines (each ending in `\r\n`).
 fn upgrade(extra: &str) -> String {
     format!(
@@ -232,7 +241,7 @@ async fn close_and_wait(mut c: RawClient, events: &crossbeam_channel::Receiver<w
 }
 
 both_drivers!(limits_burst_exceeded_gets_429_with_retry_after, |driver| {
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.limits.connections_per_ip_per_s = 1;
     cfg.limits.connections_per_ip_burst = 3;
     let srv = TestServer::start(cfg).await;
@@ -281,7 +290,7 @@ both_drivers!(limits_burst_exceeded_gets_429_with_retry_after, |driver| {
 both_drivers!(
     limits_concurrent_per_ip_gets_429_until_one_closes,
     |driver| {
-        let mut cfg = test_config(driver);
+        let mut cfg = limits_config(driver);
         cfg.limits.max_connections_per_ip = 2;
         let srv = TestServer::start(cfg).await;
         let events = srv.server.subscribe_events();
@@ -316,7 +325,7 @@ both_drivers!(limits_dropped_connections_give_their_place_back, |driver| {
     // Every way a connection ends releases its place: a peer that vanishes
     // without a close, and an upgrade admitted by the address limit but
     // then refused by max_connections.
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.limits.max_connections_per_ip = 2;
     cfg.max_connections = 1;
     let srv = TestServer::start(cfg).await;
@@ -341,7 +350,7 @@ both_drivers!(limits_dropped_connections_give_their_place_back, |driver| {
 });
 
 both_drivers!(limits_origin_refused_with_403, |driver| {
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.limits.allowed_origins = vec![
         "https://app.example.com".into(),
         "https://*.fleet.example".into(),
@@ -382,7 +391,7 @@ both_drivers!(limits_origin_refused_with_403, |driver| {
 
 both_drivers!(limits_forwarded_for_only_from_trusted_proxies, |driver| {
     // Not trusted: the header is ignored, every upgrade is 127.0.0.1's.
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.limits.max_connections_per_ip = 1;
     cfg.limits.trusted_proxies = vec!["10.0.0.0/8".into()];
     let srv = TestServer::start(cfg).await;
@@ -397,7 +406,7 @@ both_drivers!(limits_forwarded_for_only_from_trusted_proxies, |driver| {
     srv.stop().await;
 
     // 127.0.0.1 trusted: the limit applies to the forwarded address.
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.limits.max_connections_per_ip = 1;
     cfg.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
     let srv = TestServer::start(cfg).await;
@@ -426,7 +435,7 @@ both_drivers!(limits_forwarded_for_only_from_trusted_proxies, |driver| {
 });
 
 both_drivers!(limits_auth_failures_put_the_address_in_backoff, |driver| {
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.echo = false;
     cfg.enable_authentication = true;
     cfg.auth_token = Some("right".into());
@@ -459,7 +468,7 @@ both_drivers!(limits_auth_failures_put_the_address_in_backoff, |driver| {
 });
 
 both_drivers!(limits_auth_failures_count_the_forwarded_address, |driver| {
-    let mut cfg = test_config(driver);
+    let mut cfg = limits_config(driver);
     cfg.echo = false;
     cfg.enable_authentication = true;
     cfg.auth_token = Some("right".into());
