@@ -243,3 +243,304 @@ impl Authenticator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use base64::Engine as _;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{AuthToken, JwtConfig, KeyFile};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+
+    fn data(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/jwt")
+            .join(name)
+    }
+
+    fn pem(name: &str) -> Vec<u8> {
+        std::fs::read(data(name)).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn auth_with(jwt: JwtConfig) -> Authenticator {
+        let cfg = Config {
+            enable_authentication: true,
+            jwt,
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        Authenticator::new(&cfg).unwrap()
+    }
+
+    fn all_keys() -> Authenticator {
+        auth_with(JwtConfig {
+            hmac_secret: Some(SECRET.into()),
+            public_key_files: vec![
+                KeyFile::Path(data("rsa.pub")),
+                KeyFile::Path(data("ec.pub")),
+                KeyFile::Path(data("ed.pub")),
+            ],
+            leeway: Duration::ZERO,
+            ..JwtConfig::default()
+        })
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String {
+        encode(&Header::new(alg), &claims, key).unwrap()
+    }
+
+    fn claims(sub: &str) -> serde_json::Value {
+        json!({"sub": sub, "exp": now() + 600})
+    }
+
+    #[test]
+    fn jwt_vectors_each_algorithm() {
+        let a = all_keys();
+        let keys = [
+            (
+                Algorithm::HS256,
+                EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+            ),
+            (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap(),
+            ),
+            (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(&pem("ec.key")).unwrap(),
+            ),
+            (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(&pem("ed.key")).unwrap(),
+            ),
+        ];
+        for (alg, key) in &keys {
+            let t = sign(*alg, key, claims("pump-7"));
+            let id = a
+                .verify(&t, SystemTime::now())
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(id.device_id.as_deref(), Some("pump-7"), "{alg:?}");
+            assert!(id.expires_at.is_some());
+            assert_eq!(&*id.scope, "jwt:pump-7");
+        }
+    }
+
+    #[test]
+    fn jwt_refusals() {
+        let a = all_keys();
+        let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+        // Signed with a key we do not have.
+        let other = EncodingKey::from_rsa_pem(&pem("rsa-other.key")).unwrap();
+        let t = sign(Algorithm::RS256, &other, claims("d"));
+        assert_eq!(
+            a.verify(&t, SystemTime::now()).unwrap_err(),
+            AuthError::Invalid
+        );
+        // alg: none, no signature.
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(claims("d"))
+        );
+        assert_eq!(
+            a.verify(&none, SystemTime::now()).unwrap_err(),
+            AuthError::Invalid
+        );
+        // HS256 "signed" with the RSA public key's PEM as the secret: the
+        // algorithm-confusion attack. Only the HMAC secret verifies HS*.
+        let confused = EncodingKey::from_secret(&pem("rsa.pub")).unwrap();
+        let t = sign(Algorithm::HS256, &confused, claims("d"));
+        assert_eq!(
+            a.verify(&t, SystemTime::now()).unwrap_err(),
+            AuthError::Invalid
+        );
+        // Expired, not yet valid, no exp.
+        let t = sign(
+            Algorithm::RS256,
+            &rsa,
+            json!({"sub": "d", "exp": now() - 60}),
+        );
+        assert_eq!(
+            a.verify(&t, SystemTime::now()).unwrap_err(),
+            AuthError::Expired
+        );
+        let t = sign(
+            Algorithm::RS256,
+            &rsa,
+            json!({"sub": "d", "exp": now() + 600, "nbf": now() + 300}),
+        );
+        assert_eq!(
+            a.verify(&t, SystemTime::now()).unwrap_err(),
+            AuthError::NotYetValid
+        );
+        let t = sign(Algorithm::RS256, &rsa, json!({"sub": "d"}));
+        assert!(matches!(
+            a.verify(&t, SystemTime::now()),
+            Err(AuthError::Refused(_))
+        ));
+        // No sub: no device identity.
+        let t = sign(Algorithm::RS256, &rsa, json!({"exp": now() + 600}));
+        assert!(matches!(
+            a.verify(&t, SystemTime::now()),
+            Err(AuthError::Refused(_))
+        ));
+        // A bad perm claim.
+        let t = sign(
+            Algorithm::RS256,
+            &rsa,
+            json!({"sub": "d", "exp": now() + 600, "perm": {"subscribe": ["a.>.b"]}}),
+        );
+        assert!(matches!(
+            a.verify(&t, SystemTime::now()),
+            Err(AuthError::Refused(_))
+        ));
+        // A tampered payload.
+        let t = sign(Algorithm::RS256, &rsa, claims("d"));
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = b64(claims("someone-else"));
+        parts[1] = &forged;
+        assert_eq!(
+            a.verify(&parts.join("."), SystemTime::now()).unwrap_err(),
+            AuthError::Invalid
+        );
+    }
+
+    #[test]
+    fn jwt_audience_issuer_claims() {
+        let a = auth_with(JwtConfig {
+            hmac_secret: Some(SECRET.into()),
+            audience: Some("wsh".into()),
+            issuer: Some("https://issuer.test".into()),
+            ..JwtConfig::default()
+        });
+        let k = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let base = |aud: &str, iss: &str| {
+            json!({"sub": "d", "exp": now() + 600, "aud": aud, "iss": iss,
+                   "ctype": "microcontroller",
+                   "perm": {"publish": ["devices.{device}.>"]}})
+        };
+        let id = a
+            .verify(
+                &sign(Algorithm::HS256, &k, base("wsh", "https://issuer.test")),
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(id.client_type.as_deref(), Some("microcontroller"));
+        let p = id.permissions.unwrap();
+        assert!(p.allows(Op::Publish, "devices.d.temp"));
+        assert!(!p.allows(Op::Publish, "devices.e.temp"));
+        assert!(!p.allows(Op::Subscribe, "devices.d.temp"));
+        assert_eq!(
+            a.verify(
+                &sign(Algorithm::HS256, &k, base("other", "https://issuer.test")),
+                SystemTime::now()
+            )
+            .unwrap_err(),
+            AuthError::Refused("wrong audience".into())
+        );
+        assert_eq!(
+            a.verify(
+                &sign(Algorithm::HS256, &k, base("wsh", "https://evil.test")),
+                SystemTime::now()
+            )
+            .unwrap_err(),
+            AuthError::Refused("wrong issuer".into())
+        );
+    }
+
+    #[test]
+    fn jwks_file_kid_picks_the_key() {
+        // A JWKS with the EC key under kid "k1" (coordinates from the PEM).
+        let dir = tempfile::tempdir().unwrap();
+        let spki = pem("ec.pub");
+        let text = String::from_utf8(spki).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .unwrap();
+        // SPKI for P-256: the last 65 bytes are 0x04 || X || Y.
+        let point = &der[der.len() - 65..];
+        assert_eq!(point[0], 4);
+        let b = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+                                    "x": b(&point[1..33]), "y": b(&point[33..])}]});
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let a = auth_with(JwtConfig {
+            jwks_file: Some(path),
+            ..JwtConfig::default()
+        });
+        let key = EncodingKey::from_ec_pem(&pem("ec.key")).unwrap();
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("k1".into());
+        let t = encode(&h, &claims("d"), &key).unwrap();
+        assert!(a.verify(&t, SystemTime::now()).is_ok());
+        // The RSA key is not in the set.
+        let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+        let t = sign(Algorithm::RS256, &rsa, claims("d"));
+        assert_eq!(
+            a.verify(&t, SystemTime::now()).unwrap_err(),
+            AuthError::Invalid
+        );
+    }
+
+    #[test]
+    fn hashed_and_expiring_static_tokens() {
+        let entry = |e: &str| -> AuthToken {
+            toml::from_str::<toml::Value>(&format!("v = {e}")).unwrap()["v"]
+                .clone()
+                .try_into()
+                .unwrap()
+        };
+        let hash = sha256_hex(b"pump-secret");
+        let cfg = Config {
+            enable_authentication: true,
+            auth_tokens: vec![
+                entry(&format!(
+                    r#"{{ sha256 = "{hash}", device_id = "pump-7", permissions = {{ publish = ["devices.{{device}}.>"] }} }}"#
+                )),
+                entry(r#"{ token = "old", expires = "2020-01-01T00:00:00Z" }"#),
+            ],
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        let a = Authenticator::new(&cfg).unwrap();
+        let id = a.verify("pump-secret", SystemTime::now()).unwrap();
+        assert_eq!(id.device_id.as_deref(), Some("pump-7"));
+        assert!(id
+            .permissions
+            .unwrap()
+            .allows(Op::Publish, "devices.pump-7.t"));
+        assert_eq!(
+            a.verify(&hash, SystemTime::now()).unwrap_err(),
+            AuthError::Invalid
+        );
+        assert_eq!(
+            a.verify("old", SystemTime::now()).unwrap_err(),
+            AuthError::Expired
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -22,7 +22,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        Self::connect_with_headers(addr, &[]).await
+        Client::connect_req(format!("ws://{addr}/")).await
     }
 
     /// Connect with extra request headers (`X-Forwarded-For`, `Origin`).
@@ -35,6 +35,14 @@ impl Client {
                 v.parse().unwrap(),
             );
         }
+        Client::connect_req(req).await
+    }
+
+    /// Connect with a URL (`ws://addr/?token=...`) or a request carrying
+    /// headers (`Authorization: Bearer ...`), and read the `welcome`.
+    pub async fn connect_req(
+        req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let mut c = Client {
             ws,
