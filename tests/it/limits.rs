@@ -572,3 +572,37 @@ fn limits_refusals_are_logged_rate_limited_with_the_client_address() {
         );
     }
 }
+
+both_drivers!(limits_failed_upgrade_credentials_count_too, |driver| {
+    // A bad `Authorization: Bearer` at the upgrade is a failed
+    // authentication like a bad `auth` message: it is refused (4003) and
+    // counts toward the address's back-off.
+    let mut cfg = limits_config(driver);
+    cfg.echo = false;
+    cfg.enable_authentication = true;
+    cfg.auth_token = Some("right".into());
+    cfg.limits.auth_failures_per_ip_per_min = 2;
+    let srv = TestServer::start(cfg).await;
+    for _ in 0..3 {
+        let mut c = try_upgrade(srv.addr, "Authorization: Bearer wrong\r\n")
+            .await
+            .unwrap();
+        assert_eq!(c.expect_close().await, Some(4003));
+    }
+    let r = try_upgrade(srv.addr, "Authorization: Bearer right\r\n")
+        .await
+        .err()
+        .expect("in back-off, even with the right token");
+    assert_eq!(status_of(&r), 429, "{r}");
+    assert_eq!(body_of(&r)["code"], "auth_backoff");
+    assert_eq!(
+        srv.server
+            .get_status()
+            .await
+            .unwrap()
+            .admission
+            .auth_backoffs,
+        1
+    );
+    srv.stop().await;
+});
