@@ -37,9 +37,19 @@ pub(crate) enum SecEvent {
     ProtocolError,
     /// A `response`/`rpc_response` to no request sent to this connection.
     UnknownReply,
+    /// Upgrade refused (403): an `Origin` not on `limits.allowed_origins`.
+    OriginRefused,
+    /// Upgrade refused (429): the address is in auth-failure back-off.
+    AuthBackoff,
+    /// Upgrade refused (429): over `limits.connections_per_ip_per_s`.
+    RateLimited,
+    /// Upgrade refused (429): at `limits.max_connections_per_ip`.
+    PerIpConnections,
+    /// Upgrade refused (503): `limits.max_tracked_ips` addresses tracked.
+    TrackedIpsFull,
 }
 
-const KINDS: usize = 8;
+const KINDS: usize = 13;
 
 impl SecEvent {
     fn index(self) -> usize {
@@ -56,6 +66,11 @@ impl SecEvent {
             SecEvent::ErrorBudget => "closed: too many errors",
             SecEvent::ProtocolError => "closed: WebSocket protocol error",
             SecEvent::UnknownReply => "reply to an unknown request",
+            SecEvent::OriginRefused => "upgrade refused: origin not allowed",
+            SecEvent::AuthBackoff => "upgrade refused: address in auth-failure back-off",
+            SecEvent::RateLimited => "upgrade refused: connection rate limit",
+            SecEvent::PerIpConnections => "upgrade refused: max_connections_per_ip",
+            SecEvent::TrackedIpsFull => "upgrade refused: max_tracked_ips reached",
         }
     }
 }
@@ -140,6 +155,11 @@ const KIND_LIST: [SecEvent; KINDS] = [
     SecEvent::ErrorBudget,
     SecEvent::ProtocolError,
     SecEvent::UnknownReply,
+    SecEvent::OriginRefused,
+    SecEvent::AuthBackoff,
+    SecEvent::RateLimited,
+    SecEvent::PerIpConnections,
+    SecEvent::TrackedIpsFull,
 ];
 
 #[cfg(test)]
