@@ -1,5 +1,6 @@
 //! The `wshandler` binary: parse the command line, load the config, run the
-//! server until SIGINT/SIGTERM, then stop it gracefully (exit 0).
+//! server until SIGINT/SIGTERM, then stop it gracefully (exit 0). SIGHUP
+//! reloads what can change without a restart (the TLS certificate).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -227,7 +228,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let addr = server.local_addr().expect("started");
         // Tools (tests, the loadtest --spawn mode) read this line for the port.
         println!("wshandler listening on {addr}");
-        signals.wait().await;
+        if let Some(tls) = server.tls_addr().filter(|&a| a != addr) {
+            println!("wshandler listening for wss on {tls}");
+        }
+        let mut signals = signals;
+        while let Sig::Reload = signals.next().await {
+            reload(&server);
+        }
         tracing::info!("signal received, stopping");
         server.stop().await;
         Ok(())
@@ -252,10 +259,29 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// SIGINT and SIGTERM, registered before the server starts.
+/// SIGHUP: reload what can change without a restart. A failure is logged
+/// and the running configuration kept.
+fn reload(server: &WebSocketHandler) {
+    match server.reload_tls() {
+        Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate")
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, registered before the server starts.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+enum Sig {
+    Stop,
+    Reload,
 }
 
 impl Signals {
@@ -264,13 +290,15 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(mut self) {
+    async fn next(&mut self) -> Sig {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Sig::Stop,
+            _ = self.int.recv() => Sig::Stop,
+            _ = self.hup.recv() => Sig::Reload,
         }
     }
 }

@@ -37,9 +37,12 @@ pub(crate) enum SecEvent {
     ProtocolError,
     /// A `response`/`rpc_response` to no request sent to this connection.
     UnknownReply,
+    /// A TLS handshake failed (no or untrusted client certificate, no
+    /// shared version, not TLS, timeout).
+    TlsHandshake,
 }
 
-const KINDS: usize = 8;
+const KINDS: usize = 9;
 
 impl SecEvent {
     fn index(self) -> usize {
@@ -56,6 +59,7 @@ impl SecEvent {
             SecEvent::ErrorBudget => "closed: too many errors",
             SecEvent::ProtocolError => "closed: WebSocket protocol error",
             SecEvent::UnknownReply => "reply to an unknown request",
+            SecEvent::TlsHandshake => "TLS handshake failed",
         }
     }
 }
@@ -140,6 +144,7 @@ const KIND_LIST: [SecEvent; KINDS] = [
     SecEvent::ErrorBudget,
     SecEvent::ProtocolError,
     SecEvent::UnknownReply,
+    SecEvent::TlsHandshake,
 ];
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::events::EventHub;
 use crate::status::Status;
 use crate::store::crypto::FieldKey;
 use crate::store::StoreHandle;
+use crate::tls::TlsReloader;
 
 /// State every shard shares.
 #[derive(Debug)]
@@ -39,6 +40,9 @@ pub(crate) struct Shared {
     pub(crate) field_key: Option<FieldKey>,
     /// Handlers and service registrations.
     pub(crate) registry: Arc<Registry>,
+    /// The TLS configuration new connections get (TLS configured); the
+    /// server sets it after [`Shared::new`] and reloads swap what it holds.
+    pub(crate) tls: Option<Arc<TlsReloader>>,
 }
 
 impl Shared {
@@ -63,6 +67,7 @@ impl Shared {
             store,
             field_key,
             registry,
+            tls: None,
         }
     }
 

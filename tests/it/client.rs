@@ -10,8 +10,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::WAIT;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// What a client's WebSocket runs over: a TCP stream, or a TLS stream
+/// over one (`tests/it/tls.rs`).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// A connected protocol client that has read its `welcome`.
 pub struct Client {
@@ -22,9 +26,18 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Client::over(Box::new(tcp), &format!("ws://{addr}/"))
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Upgrade `io` (connected to `url`'s server) and read the `welcome`.
+    pub async fn over(
+        io: Box<dyn Io>,
+        url: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::client_async(url, io).await?;
         let mut c = Client {
             ws,
             id: String::new(),
@@ -34,7 +47,7 @@ impl Client {
         assert_eq!(w["type"], "welcome", "{w}");
         c.id = w["clientId"].as_str().unwrap().to_owned();
         c.welcome = w;
-        c
+        Ok(c)
     }
 
     /// Connect and complete a handshake as `client_type`.

@@ -16,3 +16,4 @@ mod protocol;
 mod regression;
 mod release;
 mod store;
+mod tls;
