@@ -513,8 +513,7 @@ async fn bad_tls_settings_fail_the_start_naming_the_file() {
         WebSocketHandler::new(cfg)
             .start()
             .await
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string()
     };
     let base = tls_config(wshandler::IoDriver::Epoll, &files);
