@@ -275,3 +275,41 @@ pub fn identity_of(cert_der: &[u8], which: TlsIdentity) -> Option<String> {
     };
     (!name.is_empty()).then_some(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn identity_is_the_cn_or_the_first_dns_or_uri_san() {
+        let ip = SanType::IpAddress("10.0.0.1".parse().unwrap());
+        let uri = SanType::URI("spiffe://fleet/dev-1".to_owned().try_into().unwrap());
+        let dns = SanType::DnsName("dev-1.example".to_owned().try_into().unwrap());
+        let der = cert(Some("dev-1-cn"), vec![ip.clone(), uri, dns.clone()]);
+        assert_eq!(identity_of(&der, TlsIdentity::Cn).as_deref(), Some("dev-1-cn"));
+        assert_eq!(
+            identity_of(&der, TlsIdentity::San).as_deref(),
+            Some("spiffe://fleet/dev-1"),
+            "IP addresses are skipped, the first DNS or URI name counts"
+        );
+        let der = cert(None, vec![ip, dns]);
+        assert_eq!(identity_of(&der, TlsIdentity::Cn), None, "no CN");
+        assert_eq!(
+            identity_of(&der, TlsIdentity::San).as_deref(),
+            Some("dev-1.example")
+        );
+        assert_eq!(identity_of(&cert(Some("x"), vec![]), TlsIdentity::San), None);
+        assert_eq!(identity_of(b"not DER", TlsIdentity::Cn), None);
+    }
+}
