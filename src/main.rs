@@ -1,6 +1,6 @@
 //! The `wshandler` binary: parse the command line, load the config, run the
 //! server until SIGINT/SIGTERM, then stop it gracefully (exit 0). SIGHUP
-//! reloads what can change without a restart (the TLS certificate).
+//! reloads what can change without a restart (credentials, TLS files).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,17 @@ enum Command {
     Query(QueryArgs),
     /// Print per-table record counts and sizes (works while the server runs).
     Stats(StatsArgs),
+    /// Token utilities.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print the SHA-256 (hex) of a token read from stdin (one line; the
+    /// trailing newline is not part of it), for an `auth_tokens` entry
+    /// `{ sha256 = "..." }`: the config then holds no secret.
+    Hash,
 }
 
 #[derive(Args, Debug)]
@@ -187,11 +198,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Query(args) => query(args).unwrap_or_else(|e| report(Err(e))),
         Command::Stats(args) => report(stats(args)),
+        Command::Token(TokenCommand::Hash) => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("wshandler: cannot read stdin: {e}");
+                return ExitCode::from(2);
+            }
+            let token = line.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                eprintln!("wshandler: no token on stdin");
+                return ExitCode::from(2);
+            }
+            println!("{}", wshandler::auth::sha256_hex(token.as_bytes()));
+            ExitCode::SUCCESS
+        }
         Command::Config(args) => match args.load() {
             Ok(cfg) => {
                 print!(
                     "{}",
-                    toml::to_string_pretty(&cfg).expect("config serialises")
+                    toml::to_string_pretty(&cfg.redacted()).expect("config serialises")
                 );
                 ExitCode::SUCCESS
             }
@@ -209,12 +234,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_level);
-            report(serve(cfg))
+            report(serve(cfg, args))
         }
     }
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
+fn serve(cfg: Config, args: ServeArgs) -> anyhow::Result<()> {
     raise_fd_limit(cfg.max_connections);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,10 +256,22 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         if let Some(tls) = server.tls_addr().filter(|&a| a != addr) {
             println!("wshandler listening for wss on {tls}");
         }
-        let mut signals = signals;
-        while let Sig::Reload = signals.next().await {
-            reload(&server);
-        }
+        let handle = server.handle()?;
+        // SIGHUP: load the configuration again (file, env, flags) and
+        // reload credentials from it, and read the TLS files again;
+        // connections stay up.
+        signals
+            .wait(|| {
+                match args.load() {
+                    Ok(new) => match handle.reload_auth(&new) {
+                        Ok(()) => tracing::info!("SIGHUP: credentials reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous credentials"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: config does not load; keeping the previous credentials"),
+                }
+                reload_tls(&handle);
+            })
+            .await;
         tracing::info!("signal received, stopping");
         server.stop().await;
         Ok(())
@@ -259,10 +296,10 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// SIGHUP: reload what can change without a restart. A failure is logged
-/// and the running configuration kept.
-fn reload(server: &WebSocketHandler) {
-    match server.reload_tls() {
+/// SIGHUP, TLS: the certificate, key and client CA files again. A failure
+/// is logged and the running certificate kept.
+fn reload_tls(handle: &wshandler::Handle) {
+    match handle.reload_tls() {
         Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
         Ok(false) => {}
         Err(e) => {
@@ -271,17 +308,12 @@ fn reload(server: &WebSocketHandler) {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP, registered before the server starts.
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload), registered before the
+/// server starts.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
-}
-
-/// What a signal asks for.
-enum Sig {
-    Stop,
-    Reload,
 }
 
 impl Signals {
@@ -294,11 +326,14 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) -> Sig {
-        tokio::select! {
-            _ = self.term.recv() => Sig::Stop,
-            _ = self.int.recv() => Sig::Stop,
-            _ = self.hup.recv() => Sig::Reload,
+    /// Until SIGINT or SIGTERM; `on_hup` runs on each SIGHUP.
+    async fn wait(mut self, mut on_hup: impl FnMut()) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => on_hup(),
+            }
         }
     }
 }

@@ -95,6 +95,9 @@ pub enum ApiError {
     /// A bad argument (topic, stream id).
     #[error("{0}")]
     Invalid(String),
+    /// No live connection of this device.
+    #[error("unknown device {0}")]
+    UnknownDevice(String),
 }
 
 /// The WebSocket server (the seed's `WebSocketHandler`).
@@ -194,6 +197,11 @@ impl WebSocketHandler {
         let shared = Arc::new(shared);
         for tx in self.events.early.lock().expect("poisoned").drain(..) {
             shared.events.add(tx);
+        }
+        if shared.config.enable_authentication
+            && !crate::auth::watched_files(&shared.config).is_empty()
+        {
+            spawn_auth_watch(&shared);
         }
         let cores = if self.config.pin_shards {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -432,6 +440,16 @@ impl WebSocketHandler {
         self.handle()?.send_to_client(client_id, data).await
     }
 
+    /// Send `data` (JSON) to every live connection of a device (its
+    /// authenticated `deviceId`), on any shard; how many it reached.
+    pub async fn send_to_device(
+        &self,
+        device_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<usize, ApiError> {
+        self.handle()?.send_to_device(device_id, data).await
+    }
+
     async fn send_raw(&self, client_id: &str, payload: Bytes) -> Result<(), ApiError> {
         self.handle()?.send_raw(client_id, payload).await
     }
@@ -583,7 +601,109 @@ pub struct Handle {
     shared: Arc<Shared>,
 }
 
+/// Watch the credential files (`auth::watched_files`) every
+/// `auth_watch_interval` and rebuild the authenticator when one changes. A
+/// file that no longer loads keeps the previous keys (logged). Ends with
+/// the server.
+fn spawn_auth_watch(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let interval = shared.config.auth_watch_interval;
+    let stamp = |cfg: &Config| -> Vec<Option<(std::time::SystemTime, u64)>> {
+        crate::auth::watched_files(cfg)
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            })
+            .collect()
+    };
+    let first = stamp(&shared.config);
+    let spawned = std::thread::Builder::new()
+        .name("wsh-auth-watch".into())
+        .spawn(move || {
+            let mut seen = first;
+            loop {
+                std::thread::sleep(interval);
+                let Some(shared) = weak.upgrade() else { return };
+                if shared.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                let cfg = shared.auth_source.lock().expect("not poisoned").clone();
+                let now = stamp(&cfg);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match Authenticator::new(&cfg) {
+                    Ok(a) => {
+                        shared.auth.store(Arc::new(a));
+                        tracing::info!("credential files changed: keys reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "credential files changed but do not load; keeping the previous keys"
+                    ),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the credential file watcher");
+    }
+}
+
 impl Handle {
+    /// Re-read credentials (static tokens, `[jwt]` keys) from `cfg`, e.g.
+    /// the config file loaded again on SIGHUP. Connections stay up and keep
+    /// what they authenticated with; new `auth`/`refresh` use the new set.
+    /// Only the credential settings of `cfg` take effect. On error nothing
+    /// changes.
+    pub fn reload_auth(&self, cfg: &Config) -> Result<(), ServerError> {
+        let shared = &self.shared;
+        let checked = cfg.validate()?;
+        let auth = Authenticator::new(&checked)?;
+        *shared.auth_source.lock().expect("not poisoned") = cfg.clone();
+        shared.auth.store(Arc::new(auth));
+        Ok(())
+    }
+
+    /// See [`WebSocketHandler::reload_tls`] (what SIGHUP does for TLS).
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.shared.tls {
+            Some(t) if !self.shared.stopping.load(Ordering::Acquire) => t.reload().map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Send `data` (JSON) to every live connection of `device_id`, on any
+    /// shard. Returns how many connections it was queued on.
+    pub async fn send_to_device(
+        &self,
+        device_id: &str,
+        data: &serde_json::Value,
+    ) -> Result<usize, ApiError> {
+        let shared = self.running()?;
+        let payload = Bytes::from(serde_json::to_vec(data).expect("value serialises"));
+        let device: Arc<str> = Arc::from(device_id);
+        let mut acks = Vec::with_capacity(shared.mailboxes.len());
+        for mb in &shared.mailboxes {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            mb.send(ShardMsg::SendToDevice {
+                device: device.clone(),
+                payload: payload.clone(),
+                ack: tx,
+            });
+            acks.push(rx);
+        }
+        let mut n = 0;
+        for rx in acks {
+            n += rx.await.unwrap_or(0);
+        }
+        if n == 0 {
+            return Err(ApiError::UnknownDevice(device_id.to_owned()));
+        }
+        Ok(n)
+    }
+
     /// The server, unless `stop()` was called (or it was dropped).
     fn running(&self) -> Result<&Arc<Shared>, ApiError> {
         if self.shared.stopping.load(Ordering::Acquire) {

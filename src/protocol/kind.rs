@@ -37,6 +37,8 @@ msg_types! {
     Handshake = "handshake",
     /// `auth`
     Auth = "auth",
+    /// `refresh` (a new credential before the current one expires)
+    Refresh = "refresh",
     /// `data`
     Data = "data",
     /// `sensor_data` (every field but `type` is the data)
@@ -110,6 +112,7 @@ impl MsgType {
             MsgType::Heartbeat
             | MsgType::Handshake
             | MsgType::Auth
+            | MsgType::Refresh
             | MsgType::Data
             | MsgType::SensorData
             | MsgType::Response
@@ -123,7 +126,8 @@ impl MsgType {
     pub fn allowed_before_auth(self) -> bool {
         match self {
             MsgType::Heartbeat | MsgType::Handshake | MsgType::Auth => true,
-            MsgType::Data
+            MsgType::Refresh
+            | MsgType::Data
             | MsgType::SensorData
             | MsgType::Request
             | MsgType::RpcCall
@@ -150,7 +154,7 @@ mod tests {
         for &t in ALL {
             assert_eq!(MsgType::parse(t.as_str()), Some(t));
         }
-        assert_eq!(ALL.len(), 17);
+        assert_eq!(ALL.len(), 18);
         assert_eq!(MsgType::parse("Data"), None);
         assert_eq!(MsgType::parse(""), None);
     }

@@ -46,6 +46,12 @@ pub enum ErrorCode {
     /// The store could not take the record (disk full, I/O error); nothing
     /// was stored. The detail is in the server's log, not sent.
     StorageUnavailable,
+    /// The connection's credential expired; `closeIn` says how many seconds
+    /// it has to send `refresh` before it is closed with 4001.
+    TokenExpired,
+    /// A credential presented at the upgrade was refused; the connection is
+    /// closed with 4003 (do not retry with the same credential).
+    AuthFailed,
 }
 
 impl ErrorCode {
@@ -64,6 +70,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::UnknownRequest => "unknown_request",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::AuthFailed => "auth_failed",
         }
     }
 }

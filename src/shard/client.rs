@@ -50,6 +50,9 @@ pub(crate) struct ClientState {
     /// Set by a successful `auth` when authentication is on.
     pub(crate) grant: Option<Grant>,
     pub(crate) auth_failures: u32,
+    /// Bumped each time an identity is installed (auth, refresh): an
+    /// expiry timer armed for an older one does nothing.
+    pub(crate) auth_gen: u64,
     /// Subscription patterns (a set: unsubscribe is O(1)).
     pub(crate) subs: HashSet<Box<str>>,
     pub(crate) streams: HashMap<String, InStream>,

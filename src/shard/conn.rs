@@ -122,18 +122,22 @@ fn cert_identity<S: Stream>(stream: &TlsStream<S>, max_id_length: usize) -> Opti
 
 /// Mark `conn` authenticated as the device its client certificate names
 /// (mutual TLS): it needs no token. Done before `on_open`, so the welcome
-/// already reflects it.
-fn grant_cert_identity(conn: &Conn, id: &str) {
-    let mut c = conn.client.borrow_mut();
-    c.grant = Some(crate::auth::Identity {
+/// already reflects it. Returns the identity, which `on_open_with` then
+/// installs as the connection's credential (it wins over a token the
+/// upgrade request carried: the certificate was verified in the handshake).
+fn grant_cert_identity(conn: &Conn, id: &str) -> crate::auth::Identity {
+    let identity = crate::auth::Identity {
         device_id: Some(id.into()),
         client_type: None,
         permissions: None,
         expires_at: None,
         scope: format!("cert:{id}").into(),
-    });
+    };
+    let mut c = conn.client.borrow_mut();
+    c.grant = Some(identity.clone());
     c.authenticated = true;
     c.device_id = Some(id.to_owned());
+    identity
 }
 
 /// The upgrade and the connection, over a plain or a TLS stream;
@@ -149,7 +153,11 @@ async fn serve_upgraded<S: Stream>(
     let mut buf = BytesMut::new();
     // Boxed: the handshake's state is freed once it is done instead of
     // staying inline (as dead space) in every connection's task.
-    let Some(deflate) = Box::pin(handshake_phase(&*stream, &mut buf, &ctx, deadline)).await else {
+    let Some(Upgraded {
+        deflate,
+        credential,
+    }) = Box::pin(handshake_phase(&*stream, &mut buf, &ctx, deadline)).await
+    else {
         Box::pin(linger(&*stream)).await;
         return;
     };
@@ -158,9 +166,10 @@ async fn serve_upgraded<S: Stream>(
     }
     // From here on we hold one slot of max_connections (taken in handshake_phase).
     let conn = ctx.new_conn(peer, deflate);
-    if let Some(id) = &cert_id {
-        grant_cert_identity(&conn, id);
-    }
+    let credential = match &cert_id {
+        Some(id) => Some(Ok(grant_cert_identity(&conn, id))),
+        None => credential,
+    };
     ctx.insert(conn.clone());
     // Releases the slot (registry entry, max_connections count) however this
     // task ends, a panic in a handler included.
@@ -174,7 +183,7 @@ async fn serve_upgraded<S: Stream>(
     });
     debug!(client = %conn.client_id, %peer, "connected");
 
-    ctx.on_open(&conn);
+    ctx.on_open_with(&conn, credential);
     let writer = tokio::task::spawn_local(write_loop(stream.clone(), conn.clone()));
     let end = read_loop(&*stream, &conn, buf, &ctx).await;
     trace!(client = %conn.client_id, ?end, "reader done");
@@ -220,15 +229,24 @@ impl Drop for Slot {
     }
 }
 
-/// Read the upgrade request and answer it. Returns the agreed deflate state
-/// (`Some(None)` = upgraded without compression) or `None` if the connection
-/// is done (refused, health check, timeout).
+/// What an accepted upgrade agreed.
+struct Upgraded {
+    /// The deflate state (`None`: no compression).
+    deflate: Option<Deflate>,
+    /// A credential the request carried (`Authorization: Bearer`, or
+    /// `?token=` when `allow_query_token`), verified; `None` if none was
+    /// presented or authentication is off.
+    credential: Option<Result<crate::auth::Identity, crate::auth::AuthError>>,
+}
+
+/// Read the upgrade request and answer it. Returns what was agreed, or
+/// `None` if the connection is done (refused, health check, timeout).
 async fn handshake_phase<S: Stream>(
     stream: &S,
     buf: &mut BytesMut,
     ctx: &ShardCtx,
     deadline: tokio::time::Instant,
-) -> Option<Option<Deflate>> {
+) -> Option<Upgraded> {
     let (req, head_len) = loop {
         match handshake::parse_request(buf) {
             Ok(Some(r)) => break r,
@@ -306,7 +324,24 @@ async fn handshake_phase<S: Stream>(
                 return None;
             }
             let mem_level = shared.config.compression_mem_level;
-            Some(agreed.map(|(p, _)| Deflate::with_mem_level(p, mem_level)))
+            let credential = if shared.config.enable_authentication {
+                let query;
+                let token = match req.bearer_token() {
+                    Some(t) => Some(t),
+                    None if shared.config.allow_query_token => {
+                        query = req.query_param("token");
+                        query.as_deref()
+                    }
+                    None => None,
+                };
+                token.map(|t| shared.auth.load().verify(t, std::time::SystemTime::now()))
+            } else {
+                None
+            };
+            Some(Upgraded {
+                deflate: agreed.map(|(p, _)| Deflate::with_mem_level(p, mem_level)),
+                credential,
+            })
         }
     }
 }

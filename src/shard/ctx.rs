@@ -92,6 +92,8 @@ pub(crate) struct ShardCtx {
     pub(crate) pending_store: RefCell<HashMap<u64, PendingStore>>,
     /// This shard's way into the store writer (persistence on).
     pub(crate) store: Option<StoreQueue>,
+    /// Live connections per authenticated device id.
+    pub(crate) devices: RefCell<HashMap<Arc<str>, Vec<u64>>>,
 }
 
 impl ShardCtx {
@@ -118,6 +120,7 @@ impl ShardCtx {
             id_key: std::hash::RandomState::new(),
             calls: RefCell::new(HashMap::new()),
             served: RefCell::new(HashMap::new()),
+            devices: RefCell::new(HashMap::new()),
             next_call: Cell::new(0),
             pending_store: RefCell::new(HashMap::new()),
             store,

@@ -62,6 +62,18 @@ pub(crate) enum ShardMsg {
         body: Bytes,
         reply: tokio::sync::oneshot::Sender<HandlerResult>,
     },
+    /// Close this shard's connections of `device` except `keep` (4002).
+    ReplaceDevice {
+        device: Arc<str>,
+        keep: (usize, u64),
+    },
+    /// Send one text message to every connection of `device`; `ack`
+    /// learns how many.
+    SendToDevice {
+        device: Arc<str>,
+        payload: Bytes,
+        ack: tokio::sync::oneshot::Sender<usize>,
+    },
     /// Report this shard's connections.
     Status(tokio::sync::oneshot::Sender<ShardStatus>),
     /// The store writer finished records sent from this shard (or has room

@@ -351,10 +351,7 @@ fn session_plain_token_cannot_claim_a_bound_type() {
         enable_authentication: true,
         auth_tokens: vec![
             AuthToken::Plain("plain".into()),
-            AuthToken::Bound {
-                token: "svc-only".into(),
-                client_type: Some("service".into()),
-            },
+            AuthToken::bound("svc-only", Some("service")),
         ],
         ..Config::default()
     };
@@ -1574,10 +1571,7 @@ fn code_forbidden() {
     // A handshake naming a type the credential does not allow.
     let mut h = ProtocolHarness::new(Config {
         enable_authentication: true,
-        auth_tokens: vec![AuthToken::Bound {
-            token: "svc-only".into(),
-            client_type: Some("service".into()),
-        }],
+        auth_tokens: vec![AuthToken::bound("svc-only", Some("service"))],
         ..Config::default()
     });
     assert_eq!(

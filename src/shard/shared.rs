@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     pub(crate) config: Checked,
     /// Verifies credentials; swapped whole when tokens or keys reload.
     pub(crate) auth: ArcSwap<Authenticator>,
+    /// The settings `auth` was built from (replaced by a reload): what the
+    /// key-file watcher rebuilds from. Locked only to reload.
+    pub(crate) auth_source: std::sync::Mutex<crate::config::Config>,
     pub(crate) conn_count: AtomicUsize,
     pub(crate) stopping: AtomicBool,
     pub(crate) events: EventHub,
@@ -56,6 +59,7 @@ impl Shared {
         registry: Arc<Registry>,
     ) -> Shared {
         Shared {
+            auth_source: std::sync::Mutex::new(crate::config::Config::clone(&config)),
             config,
             auth: ArcSwap::from_pointee(auth),
             conn_count: AtomicUsize::new(0),

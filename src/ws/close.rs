@@ -16,6 +16,14 @@ pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 /// Internal server error.
 pub const INTERNAL: u16 = 1011;
+/// The credential expired and was not refreshed in time; the client may
+/// reconnect with a new one.
+pub const TOKEN_EXPIRED: u16 = 4001;
+/// Another connection of the same device replaced this one
+/// (`on_duplicate_device = "replace"`).
+pub const REPLACED: u16 = 4002;
+/// The credential is invalid: do not retry with the same one.
+pub const INVALID_CREDENTIALS: u16 = 4003;
 
 /// Whether `code` may appear in a close frame on the wire.
 ///

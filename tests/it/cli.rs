@@ -195,7 +195,8 @@ fn issue9_item12_toml_array_lists_from_set_and_env() {
         ),
     ] {
         assert_eq!(cfg.auth_tokens.len(), 1, "{:?}", cfg.auth_tokens);
-        assert_eq!(cfg.auth_tokens[0].token(), "svc-only");
+        // `wshandler config` never prints a token (issue 11).
+        assert_eq!(cfg.auth_tokens[0].token(), Some("<redacted>"));
         assert_eq!(cfg.auth_tokens[0].client_type(), Some("service"));
     }
 
@@ -322,4 +323,111 @@ fn issue9_item19_second_server_on_same_data_dir() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Issue 11: `wshandler config` prints no token or secret, from any layer;
+/// hashes stay (they are what the operator compares).
+#[test]
+fn issue11_config_never_prints_a_secret() {
+    let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let out = bin()
+        .arg("config")
+        .args(["--set", "auth_token=tok-flag-1", "--set"])
+        .arg(format!(
+            r#"auth_tokens=["tok-plain-2", {{token="tok-entry-3", client_type="service"}}, {{sha256="{hash}", device_id="pump-7"}}]"#
+        ))
+        .env("WSH_JWT_HMAC_SECRET", "jwt-secret-0123456789-0123456789-x")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["tok-flag-1", "tok-plain-2", "tok-entry-3", "jwt-secret"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(text.contains(hash) && text.contains("pump-7"), "{text}");
+    assert!(text.contains("[jwt]"), "{text}");
+}
+
+/// Issue 11: `wshandler token hash` prints the SHA-256 of stdin's line.
+#[test]
+fn issue11_token_hash() {
+    use std::io::Write;
+    let mut child = bin()
+        .args(["token", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"abc\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+/// Issue 11: SIGHUP re-reads the config file's tokens; a connection made
+/// with the old token stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue11_sighup_reloads_tokens_without_dropping_connections() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsh.toml");
+    let write = |tok: &str| {
+        std::fs::write(
+            &file,
+            format!("enable_authentication = true\nauth_tokens = [{{ token = \"{tok}\", device_id = \"d-{tok}\" }}]\n"),
+        )
+        .unwrap()
+    };
+    write("first");
+    let (mut child, addr) = spawn_listening(
+        bin()
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--set",
+                "persist=false",
+            ])
+            .args(["--log-level", "warn"]),
+    );
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut kept = crate::client::Client::connect(addr).await;
+    let r = kept.call(json!({"type": "auth", "token": "first"})).await;
+    assert_eq!(r["deviceId"], "d-first", "{r}");
+    write("second");
+    assert_eq!(signal(child.id(), libc::SIGHUP), 0);
+    let deadline = std::time::Instant::now() + crate::util::WAIT;
+    loop {
+        let mut c = crate::client::Client::connect(addr).await;
+        let r = c.call(json!({"type": "auth", "token": "second"})).await;
+        if r["success"] == true {
+            assert_eq!(r["deviceId"], "d-second");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut c = crate::client::Client::connect(addr).await;
+    assert_eq!(
+        c.call(json!({"type": "auth", "token": "first"})).await["success"],
+        false
+    );
+    assert_eq!(
+        kept.call(json!({"type": "heartbeat"})).await["type"],
+        "heartbeat_response"
+    );
+    assert_eq!(signal(child.id(), libc::SIGTERM), 0);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

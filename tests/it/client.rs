@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::WAIT;
@@ -26,18 +27,26 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        Client::over(Box::new(tcp), &format!("ws://{addr}/"))
-            .await
-            .unwrap()
+        Client::connect_req(format!("ws://{addr}/")).await
     }
 
-    /// Upgrade `io` (connected to `url`'s server) and read the `welcome`.
+    /// Connect with a URL (`ws://addr/?token=...`) or a request carrying
+    /// headers (`Authorization: Bearer ...`), and read the `welcome`.
+    pub async fn connect_req(
+        req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Client {
+        let req = req.into_client_request().unwrap();
+        let authority = req.uri().authority().unwrap().as_str().to_owned();
+        let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+        Client::over(Box::new(tcp), req).await.unwrap()
+    }
+
+    /// Upgrade `io` (connected to the request's server) and read the `welcome`.
     pub async fn over(
         io: Box<dyn Io>,
-        url: &str,
+        req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::client_async(url, io).await?;
+        let (ws, _) = tokio_tungstenite::client_async(req, io).await?;
         let mut c = Client {
             ws,
             id: String::new(),

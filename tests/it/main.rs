@@ -10,6 +10,7 @@ mod cli;
 mod deflate;
 mod frames;
 mod handshake;
+mod identity;
 mod lifecycle;
 mod limits;
 mod protocol;

@@ -108,10 +108,10 @@ both_drivers!(authentication, |driver| {
     let mut cfg = proto_config(driver);
     cfg.enable_authentication = true;
     cfg.auth_token = Some("s3cret".into());
-    cfg.auth_tokens = vec![wshandler::config::AuthToken::Bound {
-        token: "svc-token".into(),
-        client_type: Some("service".into()),
-    }];
+    cfg.auth_tokens = vec![wshandler::config::AuthToken::bound(
+        "svc-token",
+        Some("service"),
+    )];
     cfg.auth_timeout = Duration::from_millis(800);
     let srv = TestServer::start(cfg).await;
     let mut c = Client::connect(srv.addr).await;

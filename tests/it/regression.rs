@@ -176,10 +176,7 @@ both_drivers!(
         cfg.enable_authentication = true;
         cfg.auth_tokens = vec![
             wshandler::config::AuthToken::Plain("plain".into()),
-            wshandler::config::AuthToken::Bound {
-                token: "svc-only".into(),
-                client_type: Some("service".into()),
-            },
+            wshandler::config::AuthToken::bound("svc-only", Some("service")),
         ];
         let srv = TestServer::start(cfg).await;
         // auth first, then try to become a service.

@@ -692,3 +692,35 @@ both_drivers!(
         srv.stop().await;
     }
 );
+
+// Issue 11: a record carries the device identity the credential gave
+// (beside clientId), whatever the handshake claimed before authenticating.
+both_drivers!(records_carry_the_credential_device_id, |driver| {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = store_config(driver, dir.path());
+    cfg.enable_authentication = true;
+    cfg.auth_tokens = vec![wshandler::config::AuthToken::Entry(Box::new(
+        wshandler::config::TokenEntry {
+            sha256: Some(wshandler::auth::sha256_hex(b"s-1")),
+            device_id: Some("meter-1".into()),
+            ..Default::default()
+        },
+    ))];
+    let srv = TestServer::start(cfg).await;
+    let mut c = Client::connect(srv.addr).await;
+    let r = c
+        .call(json!({"type": "handshake", "clientType": "microcontroller", "deviceId": "claimed"}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    assert_eq!(
+        c.call(json!({"type": "auth", "token": "s-1"})).await["deviceId"],
+        "meter-1"
+    );
+    let r = send_data(&mut c, json!({"kwh": 1.50})).await;
+    assert_eq!(r["success"], true, "{r}");
+    let recs = scan_all(srv.server.store().unwrap(), "sensor_data");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["deviceId"], "meter-1", "{}", recs[0]);
+    assert_eq!(recs[0]["clientId"], c.id.as_str(), "{}", recs[0]);
+    srv.stop().await;
+});

@@ -318,6 +318,12 @@ both_drivers!(mtls_certificate_is_the_device_identity, |driver| {
     let (mut c, _) = connect_wss(srv.addr, client_tls(&ca.der(), Some(&good), &[]))
         .await
         .unwrap();
+    let w = &c.welcome;
+    assert_eq!(
+        (&w["authRequired"], &w["authenticated"], &w["deviceId"]),
+        (&json!(false), &json!(true), &json!("device-42")),
+        "{w}"
+    );
     let r = c
         .call(json!({"type": "data", "dataType": "sensor", "data": {"t": 1}}))
         .await;

@@ -185,7 +185,9 @@ def test_mtls_identity_and_wrong_ca_refused(tmp_path, pki):
         async def flow():
             ctx = client_context(p.ca, dev_cert, dev_key)
             async with websockets.connect(f"wss://localhost:{port}/", ssl=ctx) as ws:
-                await recv_type(ws, "welcome")
+                welcome = await recv_type(ws, "welcome")
+                assert welcome.get("deviceId") == "device-py-7", welcome
+                assert welcome.get("authenticated") is True, welcome
                 # No auth message: the certificate authenticated it.
                 await ws.send(json.dumps({"type": "data", "dataType": "sensor", "data": {"temperature": 1}}))
                 ack = await recv_type(ws, "data_response")

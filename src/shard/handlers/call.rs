@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use super::reply::{clip, json_string, send_result, Handled};
 use super::to_serde;
 use crate::api::{CallContext, CallKind, Registrant};
+use crate::auth::Op;
 use crate::events::Event;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
@@ -31,6 +32,7 @@ impl ShardCtx {
         };
         let request_id = self.req_id(conn, m, ty, "requestId")?;
         let name = self.req_str(conn, m, ty, name_field, self.name_bound())?;
+        self.permit(conn, m, Op::Call, &name)?;
         let data = m.get(data_field);
         let body = data.map_or(&b"null"[..], |d| d.raw());
         let cfg = &self.shared.config;
@@ -405,6 +407,9 @@ impl ShardCtx {
             }
         };
         let name = self.req_str(conn, m, ty, "name", self.name_bound())?;
+        if register {
+            self.permit(conn, m, Op::Register, &name)?;
+        }
         let reply = |ok: bool, msg: Option<&str>, code: Option<ErrorCode>| {
             let mut o = Obj::typed(if register {
                 "register_response"

@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use super::reply::{json_string, send_result, Handled};
 use super::to_serde;
+use crate::auth::Op;
 use crate::events::Event;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
@@ -42,6 +43,10 @@ impl ShardCtx {
             (d.raw(), dt)
         };
         let table_name = self.opt_str(conn, m, ty, "table", self.name_bound())?;
+        self.permit(conn, m, Op::Ingest, &data_type)?;
+        if let Some(t) = &table_name {
+            self.permit(conn, m, Op::Ingest, t)?;
+        }
         let message_id = self.opt_id(conn, m, ty, "messageId")?;
         if cfg.enable_data_validation && !cfg.required_fields.is_empty() {
             let d = Field::from_validated(data);

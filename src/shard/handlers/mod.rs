@@ -30,6 +30,7 @@
 
 mod call;
 mod data;
+pub(crate) mod identity;
 mod pubsub;
 mod reply;
 mod session;
@@ -61,10 +62,25 @@ impl ShardCtx {
     /// A connection was upgraded and registered: send `welcome` and, with
     /// authentication on, arm its `auth_timeout`.
     pub(crate) fn on_open(&self, conn: &Rc<Conn>) {
+        self.on_open_with(conn, None);
+    }
+
+    /// [`on_open`](Self::on_open) for a connection that presented a
+    /// credential at the upgrade (verified by the transport): installed, it
+    /// skips `auth`; refused, the connection is told and closed (4003).
+    pub(crate) fn on_open_with(
+        &self,
+        conn: &Rc<Conn>,
+        cred: Option<Result<crate::auth::Identity, crate::auth::AuthError>>,
+    ) {
         let c = &self.shared.config;
         if c.echo {
             return;
         }
+        let upgraded = match cred {
+            Some(cred) if c.enable_authentication => Some(self.upgrade_credential(conn, cred)),
+            _ => None,
+        };
         let features = Obj::new()
             .bool("requestResponse", c.enable_request_response)
             .bool("pubSub", c.enable_pub_sub)
@@ -72,15 +88,32 @@ impl ShardCtx {
             .bool("streaming", c.enable_streaming)
             .bool("compression", c.enable_compression)
             .finish_vec();
-        conn.send_text(
-            Obj::typed("welcome")
-                .str("clientId", &conn.client_id)
-                .bool("authRequired", c.enable_authentication)
-                .str("serverVersion", SERVER_VERSION)
-                .raw("features", &features)
-                .finish(),
-        );
-        if c.enable_authentication {
+        let ok = matches!(upgraded, Some(Ok(())));
+        let mut welcome = Obj::typed("welcome")
+            .str("clientId", &conn.client_id)
+            .bool("authRequired", c.enable_authentication && !ok);
+        if ok {
+            let cl = conn.client.borrow();
+            welcome = welcome.bool("authenticated", true);
+            if let Some(g) = &cl.grant {
+                if let Some(d) = &g.device_id {
+                    welcome = welcome.str("deviceId", d);
+                }
+                if let Some(x) = g.expires_at {
+                    welcome = welcome.u64("expiresIn", identity::secs_until(x));
+                }
+            }
+        }
+        let welcome = welcome
+            .str("serverVersion", SERVER_VERSION)
+            .raw("features", &features)
+            .finish();
+        conn.send_text(welcome);
+        if let Some(Err(why)) = &upgraded {
+            self.refuse_upgrade_credential(conn, why);
+            return;
+        }
+        if c.enable_authentication && upgraded.is_none() {
             let (weak, timeout) = (Rc::downgrade(conn), c.auth_timeout);
             let shard = self.weak();
             tokio::task::spawn_local(async move {
@@ -198,6 +231,7 @@ impl ShardCtx {
             MsgType::Heartbeat => self.on_heartbeat(conn),
             MsgType::Handshake => self.on_handshake(conn, m),
             MsgType::Auth => self.on_auth(conn, m),
+            MsgType::Refresh => self.on_refresh(conn, m),
             MsgType::Data => self.on_data(conn, m, false),
             MsgType::SensorData => self.on_data(conn, m, true),
             MsgType::Request => self.on_call(conn, m, CallKind::Endpoint),
@@ -277,6 +311,14 @@ impl ShardCtx {
                     let _ = reply.send(Err("Client not connected".into()));
                 }
             },
+            ShardMsg::ReplaceDevice { device, keep } => self.replace_device(&device, keep),
+            ShardMsg::SendToDevice {
+                device,
+                payload,
+                ack,
+            } => {
+                let _ = ack.send(self.send_to_device_local(&device, &payload));
+            }
             ShardMsg::Status(tx) => {
                 let _ = tx.send(self.status());
             }
@@ -288,6 +330,10 @@ impl ShardCtx {
     /// fail calls that were waiting on it.
     pub(crate) fn on_close(&self, conn: &Conn) {
         let c = std::mem::take(&mut *conn.client.borrow_mut());
+        self.forget_device(
+            conn.key,
+            c.grant.as_ref().and_then(|g| g.device_id.as_ref()),
+        );
         if !c.subs.is_empty() {
             let mut trie = self.subs.borrow_mut();
             for s in &c.subs {

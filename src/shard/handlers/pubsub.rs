@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use super::reply::Handled;
+use crate::auth::Op;
 use crate::events::Event;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
@@ -30,6 +31,9 @@ impl ShardCtx {
                 &format!("{}: {e}", ty.as_str()),
                 |o| o.str("field", "topic"),
             ));
+        }
+        if subscribe {
+            self.permit(conn, m, Op::Subscribe, &t)?;
         }
         let ok = if subscribe {
             let max = self.shared.config.max_subscriptions_per_connection;
@@ -100,6 +104,7 @@ impl ShardCtx {
                 |o| o.str("field", "topic"),
             ));
         }
+        self.permit(conn, m, Op::Publish, &t)?;
         let data = m.get("data").map_or(&b"null"[..], |d| d.raw());
         let p = Publish::new(&t, data, Some(&conn.client_id), Some((self.id, conn.key)));
         mesh::fan_out(

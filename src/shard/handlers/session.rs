@@ -92,10 +92,33 @@ impl ShardCtx {
                 return Ok(());
             }
         }
+        // A credential's device id is the connection's: a handshake may
+        // repeat it but not name another device.
+        let bound_device = conn
+            .client
+            .borrow()
+            .grant
+            .as_ref()
+            .and_then(|g| g.device_id.clone());
+        if let (Some(b), Some(d)) = (&bound_device, &device) {
+            if **b != **d {
+                reply_fail(
+                    &format!(
+                        "deviceId {} does not match the device this connection authenticated as",
+                        clip(d, 64)
+                    ),
+                    Some(ErrorCode::Forbidden),
+                );
+                self.count_error(conn);
+                return Ok(());
+            }
+        }
         {
             let mut c = conn.client.borrow_mut();
             c.client_type = Some(ct.to_string());
-            c.device_id = device.map(Cow::into_owned);
+            if bound_device.is_none() {
+                c.device_id = device.map(Cow::into_owned);
+            }
         }
         conn.send_text(
             Obj::typed("handshake_response")
@@ -111,13 +134,12 @@ impl ShardCtx {
         Ok(())
     }
 
-    /// The credential `token` is, if any (see [`crate::auth::Authenticator::verify`]).
-    pub(super) fn credential(&self, token: &str) -> Option<Grant> {
+    /// The credential `token` is (see [`crate::auth::Authenticator::verify`]).
+    pub(super) fn credential(&self, token: &str) -> Result<Grant, crate::auth::AuthError> {
         self.shared
             .auth
             .load()
             .verify(token, std::time::SystemTime::now())
-            .ok()
     }
 
     pub(super) fn on_auth(&self, conn: &Rc<Conn>, m: &Msg<'_>) -> Handled {
@@ -129,12 +151,21 @@ impl ShardCtx {
             }
         };
         let reply = |ok: bool, msg: &str| {
-            conn.send_text(
-                Obj::typed("auth_response")
-                    .bool("success", ok)
-                    .str("message", msg)
-                    .finish(),
-            )
+            let mut o = Obj::typed("auth_response")
+                .bool("success", ok)
+                .str("message", msg);
+            if ok {
+                let c = conn.client.borrow();
+                if let Some(g) = &c.grant {
+                    if let Some(d) = &g.device_id {
+                        o = o.str("deviceId", d);
+                    }
+                    if let Some(x) = g.expires_at {
+                        o = o.u64("expiresIn", super::identity::secs_until(x));
+                    }
+                }
+            }
+            conn.send_text(o.finish())
         };
         if !cfg.enable_authentication {
             conn.client.borrow_mut().authenticated = true;
@@ -146,20 +177,21 @@ impl ShardCtx {
             reply(true, "Already authenticated");
             return Ok(());
         }
-        let client_type = conn.client.borrow().client_type.clone();
-        let grant = (!token.is_empty())
-            .then(|| self.credential(&token))
-            .flatten()
-            .filter(|g| {
-                client_type
-                    .as_deref()
-                    .is_none_or(|ct| self.type_allowed(g, ct))
-            });
-        if let Some(g) = grant {
-            let mut c = conn.client.borrow_mut();
-            c.authenticated = true;
-            c.grant = Some(g);
-            drop(c);
+        let verified = if token.is_empty() {
+            Err(crate::auth::AuthError::Invalid)
+        } else {
+            self.credential(&token)
+        };
+        let refused = match verified {
+            Ok(g) if self.identity_fits(conn, &g) => {
+                self.install_identity(conn, g);
+                None
+            }
+            Ok(_) => Some("Invalid token".to_owned()),
+            Err(crate::auth::AuthError::Invalid) => Some("Invalid token".to_owned()),
+            Err(e) => Some(format!("Invalid token: {e}")),
+        };
+        if refused.is_none() {
             reply(true, "Authenticated");
             self.shared.events.emit(|| Event::ClientAuthenticated {
                 client_id: conn.client_id.clone(),
@@ -193,7 +225,7 @@ impl ShardCtx {
             if token.is_empty() {
                 "Missing token"
             } else {
-                "Invalid token"
+                refused.as_deref().unwrap_or("Invalid token")
             },
         );
         if failures >= cfg.max_auth_failures {

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::reply::Handled;
+use crate::auth::Op;
 use crate::events::Event;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::{Feature, MsgType};
@@ -24,6 +25,7 @@ impl ShardCtx {
             .opt_str(conn, m, ty, "streamType", self.name_bound())?
             .unwrap_or(Cow::Borrowed("data"))
             .into_owned();
+        self.permit(conn, m, Op::Ingest, &stream_type)?;
         let max = self.shared.config.max_streams_per_connection;
         let (exists, full) = {
             let c = conn.client.borrow();
