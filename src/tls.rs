@@ -283,6 +283,7 @@ mod tests {
 
     fn cert(cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new(); // no default CN
         if let Some(cn) = cn {
             p.distinguished_name.push(DnType::CommonName, cn);
         }
