@@ -298,7 +298,10 @@ mod tests {
         let uri = SanType::URI("spiffe://fleet/dev-1".to_owned().try_into().unwrap());
         let dns = SanType::DnsName("dev-1.example".to_owned().try_into().unwrap());
         let der = cert(Some("dev-1-cn"), vec![ip.clone(), uri, dns.clone()]);
-        assert_eq!(identity_of(&der, TlsIdentity::Cn).as_deref(), Some("dev-1-cn"));
+        assert_eq!(
+            identity_of(&der, TlsIdentity::Cn).as_deref(),
+            Some("dev-1-cn")
+        );
         assert_eq!(
             identity_of(&der, TlsIdentity::San).as_deref(),
             Some("spiffe://fleet/dev-1"),
@@ -310,7 +313,10 @@ mod tests {
             identity_of(&der, TlsIdentity::San).as_deref(),
             Some("dev-1.example")
         );
-        assert_eq!(identity_of(&cert(Some("x"), vec![]), TlsIdentity::San), None);
+        assert_eq!(
+            identity_of(&cert(Some("x"), vec![]), TlsIdentity::San),
+            None
+        );
         assert_eq!(identity_of(b"not DER", TlsIdentity::Cn), None);
     }
 }
