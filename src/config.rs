@@ -34,8 +34,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod auth;
+pub mod limits;
 
 pub use auth::{parse_expiry, AuthToken, JwtConfig, KeyFile, PermSpec, TokenEntry};
+pub use limits::LimitsConfig;
 
 /// Prefix of the environment variables that set configuration fields.
 pub const ENV_PREFIX: &str = "WSH_";
@@ -341,6 +343,10 @@ pub struct Config {
     pub query_max_bytes: usize,
     /// How JWTs are verified (`[jwt]` table).
     pub jwt: JwtConfig,
+    // --- Abuse limits ---
+    /// Per-address limits at the upgrade, trusted proxies, allowed browser
+    /// origins (`[limits]` table; see [`LimitsConfig`]).
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -419,6 +425,7 @@ impl Default for Config {
             query_max_records: 1000,
             query_max_bytes: 512 * 1024,
             jwt: JwtConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -513,6 +520,7 @@ impl fmt::Debug for Config {
             query_max_records,
             query_max_bytes,
             jwt,
+            limits,
         } = self;
         f.debug_struct("Config")
             .field("port", port)
@@ -590,6 +598,7 @@ impl fmt::Debug for Config {
             .field("query_max_records", query_max_records)
             .field("query_max_bytes", query_max_bytes)
             .field("jwt", jwt)
+            .field("limits", limits)
             .finish()
     }
 }
@@ -1222,6 +1231,7 @@ impl Config {
                 ),
             );
         }
+        self.limits.check(self.max_connections)?;
         Ok(())
     }
 }
@@ -1391,6 +1401,15 @@ const FIELDS: &[(&str, Kind)] = &[
     ("jwt.require_exp", Kind::Bool),
     ("jwt.leeway", Kind::Duration),
     ("jwt.expired_grace", Kind::Duration),
+    ("limits.connections_per_ip_per_s", Kind::Int),
+    ("limits.connections_per_ip_burst", Kind::Int),
+    ("limits.max_connections_per_ip", Kind::Int),
+    ("limits.auth_failures_per_ip_per_min", Kind::Int),
+    ("limits.auth_failure_backoff", Kind::Duration),
+    ("limits.trusted_proxies", Kind::List),
+    ("limits.allowed_origins", Kind::List),
+    ("limits.max_tracked_ips", Kind::Int),
+    ("limits.ipv6_prefix", Kind::Int),
 ];
 
 fn field_kind(key: &str) -> Option<Kind> {

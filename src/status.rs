@@ -53,4 +53,36 @@ pub struct Status {
     pub topic_count: usize,
     /// Every client.
     pub clients: Vec<ClientInfo>,
+    /// The `[limits]` checks at the upgrade: what they refused.
+    pub admission: AdmissionStatus,
+}
+
+/// What the `[limits]` checks at the upgrade did since start.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionStatus {
+    /// Addresses (IPv6: blocks) with per-address state now.
+    pub tracked_ips: usize,
+    /// The configured bound on `tracked_ips` (`limits.max_tracked_ips`).
+    pub max_tracked_ips: usize,
+    /// Back-offs started by too many failed authentications.
+    pub auth_backoffs: u64,
+    /// Upgrades refused, by reason.
+    pub refused: RefusalCounts,
+}
+
+/// Upgrades refused by the `[limits]` checks, by reason.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusalCounts {
+    /// 403: an `Origin` not on `allowed_origins`.
+    pub origin: u64,
+    /// 429: the address is in back-off after failed authentications.
+    pub auth_backoff: u64,
+    /// 429: over `connections_per_ip_per_s`.
+    pub rate: u64,
+    /// 429: at `max_connections_per_ip`.
+    pub per_ip_connections: u64,
+    /// 503: the address table is full (`max_tracked_ips`).
+    pub tracked_ips_full: u64,
 }

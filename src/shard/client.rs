@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,9 @@ pub(crate) struct Conn {
     /// Server-wide unique id, e.g. `c4f2a9-0-17`.
     pub(crate) client_id: String,
     pub(crate) peer: SocketAddr,
+    /// The client's address for the `[limits]` checks: the peer's, or what
+    /// a trusted proxy forwarded (set by the transport after the upgrade).
+    pub(crate) client_ip: Cell<IpAddr>,
     pub(crate) connected_at: Instant,
     pub(crate) session: RefCell<Session>,
     pub(crate) out: RefCell<OutQueue>,
@@ -134,6 +137,7 @@ impl Conn {
             key,
             client_id,
             peer,
+            client_ip: Cell::new(peer.ip()),
             connected_at: Instant::now(),
             session: RefCell::new(Session::new(
                 Limits {

@@ -20,7 +20,7 @@
 //! - the store writer is behind: every reader on the shard waits for the
 //!   shard's store queue ([`crate::store::StoreQueue::ready`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, trace};
 
+use super::admission::{Refusal, RefusalKind, Ticket};
 use super::client::{Conn, CLOSE_TIMEOUT};
 use super::ctx::ShardCtx;
 use super::driver::tls::TlsStream;
@@ -156,7 +157,9 @@ async fn serve_upgraded<S: Stream>(
     let Some(Upgraded {
         deflate,
         credential,
-    }) = Box::pin(handshake_phase(&*stream, &mut buf, &ctx, deadline)).await
+        ticket,
+        client_ip,
+    }) = Box::pin(handshake_phase(&*stream, &mut buf, peer, &ctx, deadline)).await
     else {
         Box::pin(linger(&*stream)).await;
         return;
@@ -166,16 +169,19 @@ async fn serve_upgraded<S: Stream>(
     }
     // From here on we hold one slot of max_connections (taken in handshake_phase).
     let conn = ctx.new_conn(peer, deflate);
+    conn.client_ip.set(client_ip);
     let credential = match &cert_id {
         Some(id) => Some(Ok(grant_cert_identity(&conn, id))),
         None => credential,
     };
     ctx.insert(conn.clone());
-    // Releases the slot (registry entry, max_connections count) however this
-    // task ends, a panic in a handler included.
+    // Releases the slot (registry entry, max_connections count, the
+    // address's place under max_connections_per_ip) however this task ends,
+    // a panic in a handler included.
     let _slot = Slot {
         ctx: ctx.clone(),
         conn: conn.clone(),
+        ticket: Some(ticket),
     };
     ctx.shared.events.emit(|| Event::ClientConnected {
         client_id: conn.client_id.clone(),
@@ -211,6 +217,8 @@ async fn serve_upgraded<S: Stream>(
 struct Slot {
     ctx: Rc<ShardCtx>,
     conn: Rc<Conn>,
+    /// Its address's place among that address's open connections.
+    ticket: Option<Ticket>,
 }
 
 impl Drop for Slot {
@@ -219,6 +227,8 @@ impl Drop for Slot {
         conn.abort();
         ctx.on_close(conn);
         ctx.remove(conn.key);
+        // Before the count and the event: whoever sees either may connect again.
+        drop(self.ticket.take());
         ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
         let duration = conn.connected_at.elapsed().as_millis() as u64;
         ctx.shared.events.emit(|| Event::ClientDisconnected {
@@ -237,6 +247,10 @@ struct Upgraded {
     /// `?token=` when `allow_query_token`), verified; `None` if none was
     /// presented or authentication is off.
     credential: Option<Result<crate::auth::Identity, crate::auth::AuthError>>,
+    /// The address's place under `limits.max_connections_per_ip`.
+    ticket: Ticket,
+    /// The client's address: the peer's, or what a trusted proxy forwarded.
+    client_ip: IpAddr,
 }
 
 /// Read the upgrade request and answer it. Returns what was agreed, or
@@ -244,6 +258,7 @@ struct Upgraded {
 async fn handshake_phase<S: Stream>(
     stream: &S,
     buf: &mut BytesMut,
+    peer: SocketAddr,
     ctx: &ShardCtx,
     deadline: tokio::time::Instant,
 ) -> Option<Upgraded> {
@@ -285,6 +300,20 @@ async fn handshake_phase<S: Stream>(
         }
         Decision::Accept { accept_key } => {
             let shared = &ctx.shared;
+            let client_ip = shared.admission.client_ip(peer.ip(), &req.forwarded_for);
+            // Before the max_connections slot: a refused address must not
+            // hold one, even for a moment.
+            let ticket = if shared.stopping.load(Ordering::Acquire) {
+                Ticket::none() // refused just below
+            } else {
+                match shared.admission.admit(client_ip, req.origin.as_deref()) {
+                    Ok(t) => t,
+                    Err(r) => {
+                        refuse_upgrade(stream, ctx, peer, client_ip, &r).await;
+                        return None;
+                    }
+                }
+            };
             let refuse = if shared.stopping.load(Ordering::Acquire) {
                 Some("server is shutting down".to_owned())
             } else if shared.conn_count.fetch_add(1, Ordering::AcqRel)
@@ -341,9 +370,50 @@ async fn handshake_phase<S: Stream>(
             Some(Upgraded {
                 deflate: agreed.map(|(p, _)| Deflate::with_mem_level(p, mem_level)),
                 credential,
+                ticket,
+                client_ip,
             })
         }
     }
+}
+
+/// Answer an upgrade the `[limits]` checks refused, and log it (rate-limited).
+async fn refuse_upgrade<S: Stream>(
+    stream: &S,
+    ctx: &ShardCtx,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    r: &Refusal,
+) {
+    let ev = match r.kind() {
+        RefusalKind::Origin => SecEvent::OriginRefused,
+        RefusalKind::AuthBackoff => SecEvent::AuthBackoff,
+        RefusalKind::Rate => SecEvent::RateLimited,
+        RefusalKind::PerIpConnections => SecEvent::PerIpConnections,
+        RefusalKind::TrackedIpsFull => SecEvent::TrackedIpsFull,
+    };
+    ctx.seclog.log(ev, ctx.id, peer, "-", || {
+        let via = if client_ip == peer.ip().to_canonical() {
+            String::new()
+        } else {
+            format!(" (client {client_ip}, forwarded)")
+        };
+        match r {
+            Refusal::Origin { origin } => format!("Origin `{}`{via}", origin_clip(origin)),
+            other => format!("{other}{via}"),
+        }
+    });
+    let resp = handshake::refusal_response(r.status(), r.code(), &r.to_string(), r.retry_after());
+    write_all(stream, resp.into()).await;
+}
+
+/// An `Origin` header for the log: at most 128 bytes.
+fn origin_clip(o: &str) -> &str {
+    let mut end = o.len().min(128);
+    while !o.is_char_boundary(end) {
+        end -= 1;
+    }
+    &o[..end]
 }
 
 /// Write one buffer (a handshake-phase response) completely; false on error,

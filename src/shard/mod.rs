@@ -7,13 +7,15 @@
 //!
 //! Inside, bottom to top (each file imports only from those before it):
 //! `notify`, `seclog`, `driver` (sockets: the `Stream` trait, io_uring,
-//! epoll, listeners) → `mesh` (messages, mailboxes, fan-out), `shared` (the
-//! registry every shard shares) → `client` (one connection's queue and
+//! epoll, listeners) → `mesh` (messages, mailboxes, fan-out), `admission`
+//! (the per-address `[limits]` state), `shared` (the registry every shard
+//! shares) → `client` (one connection's queue and
 //! protocol state) → `ctx` (one shard's state) → `handlers` (the protocol,
 //! by message family) → `conn` (the transport over a driver's `Stream`:
 //! calls the handlers) → `harness` (the handlers without a transport) →
 //! this file (thread, run loop, heartbeat).
 
+pub(crate) mod admission;
 pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod ctx;

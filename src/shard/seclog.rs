@@ -37,12 +37,22 @@ pub(crate) enum SecEvent {
     ProtocolError,
     /// A `response`/`rpc_response` to no request sent to this connection.
     UnknownReply,
+    /// Upgrade refused (403): an `Origin` not on `limits.allowed_origins`.
+    OriginRefused,
+    /// Upgrade refused (429): the address is in auth-failure back-off.
+    AuthBackoff,
+    /// Upgrade refused (429): over `limits.connections_per_ip_per_s`.
+    RateLimited,
+    /// Upgrade refused (429): at `limits.max_connections_per_ip`.
+    PerIpConnections,
+    /// Upgrade refused (503): `limits.max_tracked_ips` addresses tracked.
+    TrackedIpsFull,
     /// A TLS handshake failed (no or untrusted client certificate, no
     /// shared version, not TLS, timeout).
     TlsHandshake,
 }
 
-const KINDS: usize = 9;
+const KINDS: usize = 14;
 
 impl SecEvent {
     fn index(self) -> usize {
@@ -59,6 +69,11 @@ impl SecEvent {
             SecEvent::ErrorBudget => "closed: too many errors",
             SecEvent::ProtocolError => "closed: WebSocket protocol error",
             SecEvent::UnknownReply => "reply to an unknown request",
+            SecEvent::OriginRefused => "upgrade refused: origin not allowed",
+            SecEvent::AuthBackoff => "upgrade refused: address in auth-failure back-off",
+            SecEvent::RateLimited => "upgrade refused: connection rate limit",
+            SecEvent::PerIpConnections => "upgrade refused: max_connections_per_ip",
+            SecEvent::TrackedIpsFull => "upgrade refused: max_tracked_ips reached",
             SecEvent::TlsHandshake => "TLS handshake failed",
         }
     }
@@ -144,6 +159,11 @@ const KIND_LIST: [SecEvent; KINDS] = [
     SecEvent::ErrorBudget,
     SecEvent::ProtocolError,
     SecEvent::UnknownReply,
+    SecEvent::OriginRefused,
+    SecEvent::AuthBackoff,
+    SecEvent::RateLimited,
+    SecEvent::PerIpConnections,
+    SecEvent::TrackedIpsFull,
     SecEvent::TlsHandshake,
 ];
 

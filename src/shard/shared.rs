@@ -2,7 +2,9 @@
 //! client id, how healthy the server is, what `get_status` reports.
 //!
 //! Touched on connect and disconnect, never per message: the per-message
-//! path reads only its own shard's state and the immutable config.
+//! path reads only its own shard's state and the immutable config. The
+//! per-address admission state ([`Admission`]) lives here for the same
+//! reason: it is consulted once per upgrade.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use super::admission::Admission;
 use super::mesh::{Mailbox, ShardMsg};
 use crate::api::Registry;
 use crate::auth::Authenticator;
@@ -43,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) field_key: Option<FieldKey>,
     /// Handlers and service registrations.
     pub(crate) registry: Arc<Registry>,
+    /// The `[limits]` state per client address (see [`Admission`]).
+    pub(crate) admission: Arc<Admission>,
     /// The TLS configuration new connections get (TLS configured); the
     /// server sets it after [`Shared::new`] and reloads swap what it holds.
     pub(crate) tls: Option<Arc<TlsReloader>>,
@@ -60,6 +65,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             auth_source: std::sync::Mutex::new(crate::config::Config::clone(&config)),
+            admission: Arc::new(Admission::new(&config.limits)),
             config,
             auth: ArcSwap::from_pointee(auth),
             conn_count: AtomicUsize::new(0),
@@ -139,6 +145,7 @@ impl Shared {
             shards,
             topic_count: topics.len(),
             clients,
+            admission: self.admission.status(),
         }
     }
 }

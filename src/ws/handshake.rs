@@ -5,7 +5,9 @@
 //! the header list) and [`Request::decide`] turns it into one of: accept (101),
 //! health (200), or a refusal with the status an HTTP client can act on —
 //! 405 for a non-GET, 400 for a missing or bad upgrade header or key, 426 for
-//! a version other than 13 (with `Sec-WebSocket-Version: 13`).
+//! a version other than 13 (with `Sec-WebSocket-Version: 13`). Policy
+//! refusals decided above this layer (the `[limits]` checks: 403, 429 with
+//! `Retry-After`, 503) are written by [`refusal_response`].
 
 use std::fmt::Write as _;
 
@@ -255,8 +257,10 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -265,6 +269,10 @@ fn reason_phrase(status: u16) -> &'static str {
 
 /// A complete HTTP response with a JSON body; the connection closes after it.
 pub fn json_response(status: u16, body: &str) -> String {
+    response(status, body, None)
+}
+
+fn response(status: u16, body: &str, retry_after: Option<u64>) -> String {
     let mut s = String::with_capacity(160 + body.len());
     let _ = write!(
         s,
@@ -277,9 +285,28 @@ pub fn json_response(status: u16, body: &str) -> String {
         426 => s.push_str("Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"),
         _ => {}
     }
+    if let Some(secs) = retry_after {
+        let _ = write!(s, "Retry-After: {secs}\r\n");
+    }
     s.push_str("\r\n");
     s.push_str(body);
     s
+}
+
+/// The response refusing an upgrade by policy (a rate or connection limit,
+/// an origin): `status`, a `Retry-After` header when the client may retry,
+/// and a JSON body `{error, status, code, retryAfter?}` a client can read.
+pub fn refusal_response(
+    status: u16,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> String {
+    let mut body = serde_json::json!({ "error": message, "status": status, "code": code });
+    if let Some(secs) = retry_after {
+        body["retryAfter"] = secs.into();
+    }
+    response(status, &body.to_string(), retry_after)
 }
 
 /// The response for a refusal.
@@ -364,6 +391,16 @@ mod tests {
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         let body = r.split("\r\n\r\n").nth(1).unwrap();
         assert!(r.contains(&format!("Content-Length: {}\r\n", body.len())));
+
+        let r = refusal_response(429, "rate_limited", "slow down", Some(3));
+        assert!(r.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{r}");
+        assert!(r.contains("\r\nRetry-After: 3\r\n"), "{r}");
+        let body: serde_json::Value =
+            serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["code"], "rate_limited");
+        assert_eq!(body["retryAfter"], 3);
+        let r = refusal_response(403, "origin_not_allowed", "no", None);
+        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n") && !r.contains("Retry-After"));
     }
 }
 

@@ -29,6 +29,19 @@ impl Client {
         Client::connect_req(format!("ws://{addr}/")).await
     }
 
+    /// Connect with extra request headers (`X-Forwarded-For`, `Origin`).
+    pub async fn connect_with_headers(addr: SocketAddr, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        Client::connect_req(req).await
+    }
+
     /// Connect with a URL (`ws://addr/?token=...`) or a request carrying
     /// headers (`Authorization: Bearer ...`), and read the `welcome`.
     pub async fn connect_req(

@@ -142,6 +142,15 @@ impl RawClient {
         Self::connect_with(addr, "").await
     }
 
+    /// A client over `stream`, whose upgrade response `head` was read.
+    pub fn from_upgraded(stream: TcpStream, head: String) -> RawClient {
+        RawClient {
+            stream,
+            response_head: head,
+            buf: Vec::new(),
+        }
+    }
+
     async fn read_head(&mut self) -> String {
         loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {

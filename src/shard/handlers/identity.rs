@@ -240,6 +240,9 @@ impl ShardCtx {
 
     /// Tell the client its upgrade credential was refused and close 4003.
     pub(super) fn refuse_upgrade_credential(&self, conn: &Rc<Conn>, why: &str) {
+        self.shared
+            .admission
+            .note_auth_failure(conn.client_ip.get());
         conn.send_text(
             Obj::typed("error")
                 .str("code", ErrorCode::AuthFailed.as_str())

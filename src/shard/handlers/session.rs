@@ -203,6 +203,9 @@ impl ShardCtx {
             c.auth_failures += 1;
             c.auth_failures
         };
+        self.shared
+            .admission
+            .note_auth_failure(conn.client_ip.get());
         self.seclog.log(
             SecEvent::AuthFailed,
             self.id,
