@@ -85,6 +85,38 @@ pub struct Config {
     #[serde(with = "duration_serde")]
     pub handshake_timeout: Duration,
 
+    // --- TLS ---
+    /// PEM file with the server certificate, then its chain (intermediates),
+    /// for `wss://`. With `tls_key` set, the listener speaks TLS (see
+    /// `tls_port`). Read at start (an unreadable or bad file is a start
+    /// error) and again on SIGHUP or when it changes. Default unset.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    /// Required when `tls_cert` is set. Default unset.
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CA certificates client certificates must chain to
+    /// (mutual TLS). When set, a client without a certificate this CA
+    /// signed is refused during the TLS handshake, and the certificate's
+    /// subject (`tls_identity`) is the connection's device identity: it is
+    /// authenticated without a token. Default unset (no client certificates).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Oldest TLS version accepted: `"1.2"` or `"1.3"`. Older ones (1.0,
+    /// 1.1, SSL) are never accepted. Default `"1.2"`.
+    pub tls_min_version: TlsVersion,
+    /// Serve TLS on this port and plain `ws://` on `port` (e.g. `/health`
+    /// on a private plain port). Unset: with a certificate, `port` is TLS
+    /// only. `0` picks an ephemeral port. Default unset.
+    pub tls_port: Option<u16>,
+    /// Which part of a client certificate names the device (mutual TLS):
+    /// `"cn"` (the subject's common name) or `"san"` (the first DNS or URI
+    /// subject alternative name). Default `"cn"`.
+    pub tls_identity: TlsIdentity,
+    /// How often the certificate, key and client CA files are checked for
+    /// changes (modification time and size); a change reloads them (as
+    /// SIGHUP does). `"0s"` turns watching off. Default 5s.
+    #[serde(with = "duration_serde")]
+    pub tls_watch_interval: Duration,
+
     // --- Shards & I/O ---
     /// Number of shards: one single-threaded runtime, each with its own
     /// SO_REUSEPORT listener. Default: the number of CPUs this process may
@@ -336,6 +368,13 @@ impl Default for Config {
             on_duplicate_device: DuplicateDevice::Allow,
             auth_watch_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_min_version: TlsVersion::V1_2,
+            tls_port: None,
+            tls_identity: TlsIdentity::Cn,
+            tls_watch_interval: Duration::from_secs(5),
             client_types: vec![
                 "microcontroller".into(),
                 "application".into(),
@@ -428,6 +467,13 @@ impl fmt::Debug for Config {
             on_duplicate_device,
             auth_watch_interval,
             handshake_timeout,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_min_version,
+            tls_port,
+            tls_identity,
+            tls_watch_interval,
             client_types,
             max_errors_per_minute,
             enable_request_response,
@@ -496,6 +542,13 @@ impl fmt::Debug for Config {
             .field("on_duplicate_device", on_duplicate_device)
             .field("auth_watch_interval", auth_watch_interval)
             .field("handshake_timeout", handshake_timeout)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_client_ca", tls_client_ca)
+            .field("tls_min_version", tls_min_version)
+            .field("tls_port", tls_port)
+            .field("tls_identity", tls_identity)
+            .field("tls_watch_interval", tls_watch_interval)
             .field("client_types", client_types)
             .field("max_errors_per_minute", max_errors_per_minute)
             .field("enable_request_response", enable_request_response)
@@ -626,6 +679,29 @@ pub enum Durability {
     /// No WAL: records live in the memtable until a flush; a crash loses
     /// them. For throwaway data.
     None,
+}
+
+/// The oldest TLS version the server accepts (`tls_min_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// Which part of a client certificate is the device identity (`tls_identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsIdentity {
+    /// The subject's common name (CN).
+    #[default]
+    Cn,
+    /// The first DNS or URI subject alternative name.
+    San,
 }
 
 /// Which I/O driver the shards use for sockets.
@@ -1086,6 +1162,7 @@ impl Config {
                 ),
             );
         }
+        self.check_tls()?;
         if self.auth_timeout.is_zero() {
             return invalid("auth_timeout", "must be greater than 0".to_owned());
         }
@@ -1159,6 +1236,70 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Whether the server speaks TLS (on `port`, or on `tls_port`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The TLS settings' own rules: a certificate needs its key (and the
+    /// other way round), and the settings that only mean something with a
+    /// certificate are refused without one rather than silently ignored.
+    /// Whether the files are readable and valid is checked when the server
+    /// starts (they are read then, and again on reload).
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return invalid(
+                    "tls_key",
+                    "must be set when tls_cert is set (the PEM file with the certificate's private key)",
+                )
+            }
+            (None, Some(_)) => {
+                return invalid("tls_cert", "must be set when tls_key is set")
+            }
+            _ => {}
+        }
+        if self.tls_cert.is_none() {
+            if self.tls_client_ca.is_some() {
+                return invalid(
+                    "tls_client_ca",
+                    "needs tls_cert and tls_key (client certificates are only asked for over TLS)",
+                );
+            }
+            if self.tls_port.is_some() {
+                return invalid("tls_port", "needs tls_cert and tls_key");
+            }
+        }
+        if let Some(tp) = self.tls_port {
+            if tp != 0 && tp == self.port {
+                return invalid(
+                    "tls_port",
+                    &format!(
+                        "must differ from port (both {tp}); unset it to serve TLS only on port"
+                    ),
+                );
+            }
+        }
+        if !self.tls_watch_interval.is_zero() && self.tls_watch_interval < MIN_HEARTBEAT {
+            return invalid(
+                "tls_watch_interval",
+                &format!(
+                    "must be 0s (off) or at least 100ms (got {})",
+                    humantime::format_duration(self.tls_watch_interval)
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Every setting's name, in the order of the example file's sections.
 pub fn field_names() -> impl Iterator<Item = &'static str> {
     FIELDS.iter().map(|&(name, _)| name)
@@ -1188,6 +1329,13 @@ const FIELDS: &[(&str, Kind)] = &[
     ("max_connections", Kind::Int),
     ("drain_timeout", Kind::Duration),
     ("handshake_timeout", Kind::Duration),
+    ("tls_cert", Kind::Str),
+    ("tls_key", Kind::Str),
+    ("tls_client_ca", Kind::Str),
+    ("tls_min_version", Kind::Str),
+    ("tls_port", Kind::Int),
+    ("tls_identity", Kind::Str),
+    ("tls_watch_interval", Kind::Duration),
     ("shards", Kind::Int),
     ("io_driver", Kind::Str),
     ("pin_shards", Kind::Bool),
@@ -1602,6 +1750,10 @@ mod tests {
         let c = Config {
             auth_token: Some("t".into()),
             encryption_key_file: Some("k".into()),
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
+            tls_client_ca: Some("ca".into()),
+            tls_port: Some(8443),
             ..Config::default()
         };
         let c = Config {
@@ -1978,6 +2130,48 @@ mod tests {
             err.to_string(),
             "unknown io driver `kqueue` (expected auto, uring or epoll)"
         );
+    }
+
+    #[test]
+    fn tls_settings_rules() {
+        let field = |text: &str| match Config::from_toml_str(text) {
+            Err(ConfigError::Invalid { field, message }) => (field, message),
+            other => panic!("{text}: {other:?}"),
+        };
+        let (f, m) = field("tls_cert = \"c.pem\"");
+        assert_eq!(f, "tls_key", "a cert without a key names the key");
+        assert!(m.contains("tls_cert"), "{m}");
+        assert_eq!(field("tls_key = \"k.pem\"").0, "tls_cert");
+        assert_eq!(field("tls_client_ca = \"ca.pem\"").0, "tls_client_ca");
+        assert_eq!(field("tls_port = 8443").0, "tls_port");
+        assert_eq!(
+            field("tls_cert = \"c\"\ntls_key = \"k\"\nport = 8443\ntls_port = 8443").0,
+            "tls_port"
+        );
+        assert_eq!(
+            field("tls_cert = \"c\"\ntls_key = \"k\"\ntls_watch_interval = \"10ms\"").0,
+            "tls_watch_interval"
+        );
+        let c = Config::from_toml_str(
+            "tls_cert = \"c\"\ntls_key = \"k\"\ntls_min_version = \"1.3\"\n\
+             tls_identity = \"san\"\ntls_port = 0\ntls_watch_interval = \"0s\"",
+        )
+        .unwrap();
+        assert!(c.tls_enabled());
+        assert_eq!(
+            (c.tls_min_version, c.tls_identity, c.tls_port),
+            (TlsVersion::V1_3, TlsIdentity::San, Some(0))
+        );
+        let err = Config::from_toml_str("tls_min_version = \"1.1\"").unwrap_err();
+        assert!(err.to_string().contains("tls_min_version"), "{err}");
+        let c = Config::load(
+            None,
+            env(&[("WSH_TLS_CERT", "/c.pem"), ("WSH_TLS_KEY", "/k.pem")]),
+            &[("tls-min-version".into(), "1.3".into())],
+        )
+        .unwrap();
+        assert_eq!(c.tls_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.tls_min_version, TlsVersion::V1_3);
     }
 
     #[test]

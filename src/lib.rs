@@ -16,6 +16,7 @@
 //!    reply building, topics, binary stream frames, error codes). [`status`],
 //!    [`events`], [`api`]: plain data, the event hub, the handler registry.
 //!    [`auth`]: credentials verified into an identity and its permissions.
+//!    [`tls`]: the TLS files as a rustls configuration, reloadable.
 //! 3. [`store`]: RocksDB persistence — the writer thread (group commit)
 //!    reporting through a sink it is given, each shard's back-pressure
 //!    queue, keys, field encryption, read-back.
@@ -56,6 +57,8 @@ mod shard;
 pub mod status;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod tls;
 pub mod ws;
 
 #[cfg(feature = "server")]

@@ -1,5 +1,6 @@
 //! The `wshandler` binary: parse the command line, load the config, run the
-//! server until SIGINT/SIGTERM, then stop it gracefully (exit 0).
+//! server until SIGINT/SIGTERM, then stop it gracefully (exit 0). SIGHUP
+//! reloads what can change without a restart (credentials, TLS files).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -252,16 +253,23 @@ fn serve(cfg: Config, args: ServeArgs) -> anyhow::Result<()> {
         let addr = server.local_addr().expect("started");
         // Tools (tests, the loadtest --spawn mode) read this line for the port.
         println!("wshandler listening on {addr}");
+        if let Some(tls) = server.tls_addr().filter(|&a| a != addr) {
+            println!("wshandler listening for wss on {tls}");
+        }
         let handle = server.handle()?;
         // SIGHUP: load the configuration again (file, env, flags) and
-        // reload credentials from it; connections stay up.
+        // reload credentials from it, and read the TLS files again;
+        // connections stay up.
         signals
-            .wait(|| match args.load() {
-                Ok(new) => match handle.reload_auth(&new) {
-                    Ok(()) => tracing::info!("SIGHUP: credentials reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous credentials"),
-                },
-                Err(e) => tracing::error!(error = %e, "SIGHUP: config does not load; keeping the previous credentials"),
+            .wait(|| {
+                match args.load() {
+                    Ok(new) => match handle.reload_auth(&new) {
+                        Ok(()) => tracing::info!("SIGHUP: credentials reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous credentials"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: config does not load; keeping the previous credentials"),
+                }
+                reload_tls(&handle);
             })
             .await;
         tracing::info!("signal received, stopping");
@@ -285,6 +293,18 @@ fn raise_fd_limit(max_connections: usize) {
             "max_connections does not fit under the open-file limit; \
              accepts will fail with EMFILE before it is reached (raise `ulimit -n`)"
         );
+    }
+}
+
+/// SIGHUP, TLS: the certificate, key and client CA files again. A failure
+/// is logged and the running certificate kept.
+fn reload_tls(handle: &wshandler::Handle) {
+    match handle.reload_tls() {
+        Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate")
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::shard::shared::Shared;
 use crate::shard::{self, DriverKind, ShardHandle, ShardSpec, StartError};
 pub use crate::status::{ClientInfo, ShardStatus, Status};
 use crate::store::StoreRuntime;
+use crate::tls::TlsReloader;
 use crate::ws::frame::{self, OpCode};
 
 /// Why the server could not start or stop.
@@ -53,6 +54,9 @@ pub enum ServerError {
     /// `start()` on a running server.
     #[error("server already started")]
     AlreadyStarted,
+    /// The TLS certificate, key or client CA is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The store could not be opened.
     #[error("cannot open the store in {dir}: {source}")]
     Store {
@@ -103,6 +107,10 @@ pub struct WebSocketHandler {
     shared: Option<Arc<Shared>>,
     shards: Vec<ShardHandle>,
     addr: Option<SocketAddr>,
+    /// Where TLS is served (`addr` itself without `tls_port`).
+    tls_addr: Option<SocketAddr>,
+    /// Stops the certificate watcher (dropping it), and its thread.
+    tls_watch: Option<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)>,
     driver: Option<DriverKind>,
     events: Arc<EventHubSlot>,
     registry: Arc<Registry>,
@@ -126,6 +134,8 @@ impl WebSocketHandler {
             shared: None,
             shards: Vec::new(),
             addr: None,
+            tls_addr: None,
+            tls_watch: None,
             driver: None,
             events: Arc::default(),
             registry: Arc::default(),
@@ -147,9 +157,22 @@ impl WebSocketHandler {
         }
         let config = self.config.validate()?;
         let auth = Authenticator::new(&config)?;
+        let tls = TlsReloader::load(&config)?.map(Arc::new);
         let n = config.shards;
         let listeners = listen::bind_all(&config.host, config.port, n, config.listen_backlog)?;
         let addr = listen::local_addr(&listeners[0], config.port)?;
+        // TLS beside plain (`tls_port`), or the main port is TLS only.
+        let (mut tls_listeners, tls_addr) = match (&tls, config.tls_port) {
+            (Some(_), Some(port)) => {
+                let ls = listen::bind_all(&config.host, port, n, config.listen_backlog)?;
+                let a = listen::local_addr(&ls[0], port)?;
+                (ls.into_iter().map(Some).collect(), Some(a))
+            }
+            (Some(_), None) => (Vec::new(), Some(addr)),
+            (None, _) => (Vec::new(), None),
+        };
+        tls_listeners.resize_with(n, || None);
+        let listener_tls = tls.is_some() && config.tls_port.is_none();
         let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| mesh::mailbox()).unzip();
         let field_key = self.load_field_key()?;
         // Echo mode is the conformance mode: it never stores anything.
@@ -161,14 +184,17 @@ impl WebSocketHandler {
         self.store = writer.as_ref().map(|w| w.handle().store().clone());
         let store = writer.as_ref().map(|w| w.handle().clone());
         self.writer = writer;
-        let shared = Arc::new(Shared::new(
+        let watch_every = config.tls_watch_interval;
+        let mut shared = Shared::new(
             config,
             auth,
             mailboxes,
             store,
             field_key,
             self.registry.clone(),
-        ));
+        );
+        shared.tls = tls.clone();
+        let shared = Arc::new(shared);
         for tx in self.events.early.lock().expect("poisoned").drain(..) {
             shared.events.add(tx);
         }
@@ -185,10 +211,13 @@ impl WebSocketHandler {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut shards = Vec::with_capacity(n);
         let mut failure = None;
-        for (id, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let all = listeners.into_iter().zip(tls_listeners).zip(inboxes);
+        for (id, ((listener, tls_listener), inbox)) in all.enumerate() {
             let spec = ShardSpec {
                 id,
                 listener,
+                listener_tls,
+                tls_listener,
                 shared: shared.clone(),
                 driver: self.config.io_driver,
                 core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
@@ -222,8 +251,12 @@ impl WebSocketHandler {
             return Err(e);
         }
         self.addr = Some(addr);
+        self.tls_addr = tls_addr;
         self.driver = driver;
-        info!(%addr, shards = n, driver = %driver.map(|d| d.to_string()).unwrap_or_default(), "wshandler listening");
+        if let Some(tls) = tls.filter(|_| !watch_every.is_zero()) {
+            self.tls_watch = Some(spawn_tls_watch(tls, watch_every));
+        }
+        info!(%addr, tls = ?tls_addr, shards = n, driver = %driver.map(|d| d.to_string()).unwrap_or_default(), "wshandler listening");
         shared.events.emit(|| Event::ServerStarted { addr });
         Ok(())
     }
@@ -297,6 +330,24 @@ impl WebSocketHandler {
     /// The address the server listens on (after `start`).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// The address `wss://` is served on (after `start`, TLS configured):
+    /// the `tls_port` listener, or [`local_addr`](Self::local_addr) itself
+    /// when that port is TLS only.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Read the TLS certificate, key and client CA files again (what SIGHUP
+    /// does): new connections get the new ones, open connections keep
+    /// theirs. On error the previous certificate stays in use. `Ok(false)`:
+    /// nothing to reload (TLS not configured, or the server not running).
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match self.shared.as_ref().and_then(|s| s.tls.as_ref()) {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// The I/O driver the shards run on (after `start`).
@@ -519,7 +570,13 @@ impl WebSocketHandler {
         let writer = self.writer.take();
         self.store = None;
         self.addr = None;
+        self.tls_addr = None;
+        // Dropping the sender ends the watcher at once.
+        let watcher = self.tls_watch.take().map(|(_, thread)| thread);
         let join = move || {
+            if let Some(w) = watcher {
+                let _ = w.join();
+            }
             for s in shards {
                 let _ = s.thread.join();
             }
@@ -607,6 +664,14 @@ impl Handle {
         *shared.auth_source.lock().expect("not poisoned") = cfg.clone();
         shared.auth.store(Arc::new(auth));
         Ok(())
+    }
+
+    /// See [`WebSocketHandler::reload_tls`] (what SIGHUP does for TLS).
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.shared.tls {
+            Some(t) if !self.shared.stopping.load(Ordering::Acquire) => t.reload().map(|()| true),
+            _ => Ok(false),
+        }
     }
 
     /// Send `data` (JSON) to every live connection of `device_id`, on any
@@ -769,6 +834,31 @@ impl Drop for WebSocketHandler {
             stopped(&shared);
         }
     }
+}
+
+/// Check the TLS files every `every` and reload them when they change
+/// (`tls_watch_interval`); a bad new file is logged and the old certificate
+/// kept. Ends when the returned sender is dropped.
+fn spawn_tls_watch(
+    tls: Arc<TlsReloader>,
+    every: Duration,
+) -> (crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name("wsh-tls-watch".into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                match tls.reload_if_changed() {
+                    Some(Ok(())) => info!("TLS files changed: certificate reloaded"),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
+                    }
+                    None => {}
+                }
+            }
+        })
+        .expect("spawn the TLS watcher thread");
+    (tx, thread)
 }
 
 fn stopped(shared: &Shared) {

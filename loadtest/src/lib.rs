@@ -18,6 +18,7 @@ pub mod stats;
 pub mod wsconn;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where and how to connect.
@@ -30,6 +31,8 @@ pub struct Target {
     pub src_ips: Vec<IpAddr>,
     /// Auth token, if the server requires one.
     pub token: Option<String>,
+    /// Connect with TLS (`wss://`) using this client configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
@@ -53,6 +56,26 @@ impl Target {
     pub fn src(&self, i: usize) -> Option<IpAddr> {
         (!self.src_ips.is_empty()).then(|| self.src_ips[i % self.src_ips.len()])
     }
+}
+
+/// A TLS client configuration trusting the CA certificates in the PEM file
+/// `ca` (`--ca`), offering ALPN `http/1.1`.
+pub fn tls_client(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?
+    {
+        roots.add(c.map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?)?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "--ca {}: no certificate", ca.display());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// Bounds every scenario obeys.

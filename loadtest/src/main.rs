@@ -41,6 +41,14 @@ struct Common {
     /// Auth token to send after the handshake.
     #[arg(long, global = true)]
     token: Option<String>,
+    /// Connect with TLS (wss://), trusting the CA in --ca. With --spawn,
+    /// the server must serve TLS on its port (--spawn-set tls_cert=...
+    /// --spawn-set tls_key=...).
+    #[arg(long, global = true, requires = "ca")]
+    tls: bool,
+    /// PEM file of the CA the server's certificate chains to (with --tls).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     /// Seconds to send.
     #[arg(short, long, global = true, default_value_t = 10.0)]
     duration: f64,
@@ -194,6 +202,10 @@ fn run(cli: Cli) -> anyhow::Result<Report> {
             .map(|i| IpAddr::from([127, 0, 1, i]))
             .collect(),
         token: c.token.clone(),
+        tls: match (&c.ca, c.tls) {
+            (Some(ca), true) => Some(wshandler_loadtest::tls_client(ca)?),
+            _ => None,
+        },
     };
     target.check()?;
     let limits = Limits {

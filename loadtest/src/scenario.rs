@@ -17,7 +17,7 @@ use crate::{Limits, Target};
 
 /// Connect, read `welcome`, handshake (and auth) as `client_type`.
 async fn open(target: &Target, i: usize, run: &Run, client_type: &str) -> Option<WsConn> {
-    let mut c = match wsconn::connect(target.addr, target.src(i)).await {
+    let mut c = match wsconn::connect(target.addr, target.src(i), target.tls.as_ref()).await {
         Ok(c) => c,
         Err(e) => {
             let kind = if e.to_string().contains("503") {

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,10 +15,37 @@ use tokio::net::TcpStream;
 use wshandler::ws::frame::{FrameHeader, OpCode};
 use wshandler::ws::mask::apply_mask;
 
+/// A plain or TLS (`--tls`) stream.
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match self {
+            Io::Plain(s) => s.write_all(b).await,
+            Io::Tls(s) => {
+                s.write_all(b).await?;
+                // rustls holds records until flushed.
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read_buf(&mut self, b: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read_buf(b).await,
+            Io::Tls(s) => s.read_buf(b).await,
+        }
+    }
+}
+
 /// An upgraded connection.
 #[derive(Debug)]
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Io,
     rbuf: BytesMut,
     wbuf: BytesMut,
     key: [u8; 4],
@@ -25,9 +53,14 @@ pub struct WsConn {
     pub closed: bool,
 }
 
-/// Open a TCP connection from `src` (a loopback address) to `addr` and
-/// upgrade it.
-pub async fn connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<WsConn> {
+/// Open a TCP connection from `src` (a loopback address) to `addr`, run
+/// the TLS handshake if `tls` is given (the server certificate must name
+/// `addr`'s IP), and upgrade it.
+pub async fn connect(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<WsConn> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -52,6 +85,16 @@ pub async fn connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<WsConn
             s
         }
         Err(e) => return Err(e),
+    };
+    let stream = match tls {
+        Some(cfg) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let s = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, stream)
+                .await?;
+            Io::Tls(Box::new(s))
+        }
+        None => Io::Plain(stream),
     };
     let mut c = WsConn {
         stream,

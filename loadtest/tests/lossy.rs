@@ -112,6 +112,7 @@ fn target(addr: SocketAddr) -> Target {
         addr,
         src_ips: vec![],
         token: None,
+        tls: None,
     }
 }
 

@@ -31,6 +31,7 @@ use tracing::{debug, trace};
 use super::admission::{Refusal, RefusalKind, Ticket};
 use super::client::{Conn, CLOSE_TIMEOUT};
 use super::ctx::ShardCtx;
+use super::driver::tls::TlsStream;
 use super::driver::Stream;
 use super::seclog::SecEvent;
 use crate::events::Event;
@@ -63,6 +64,92 @@ enum End {
 
 /// Serve one accepted TCP connection to the end.
 pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardCtx>) {
+    let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
+    serve_upgraded(stream, peer, ctx, deadline, None).await
+}
+
+/// Serve one accepted TCP connection on a TLS listener: the TLS handshake,
+/// then [`serve`]'s upgrade and connection over the decrypted stream. The
+/// TLS handshake and the HTTP upgrade together get `handshake_timeout`
+/// (the slow-loris guard covers both).
+pub(crate) async fn serve_tls<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardCtx>) {
+    let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
+    let Some(tls) = ctx.shared.tls.as_ref() else {
+        return; // a TLS listener exists only with TLS configured
+    };
+    // The configuration current now stays this connection's for its life:
+    // a reload changes what later connections get.
+    let stream = match TlsStream::new(stream, tls.current(), tls.identity()) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%peer, error = %e, "TLS connection could not be set up");
+            return;
+        }
+    };
+    let done = tokio::time::timeout_at(deadline, Box::pin(stream.handshake())).await;
+    let failure = match done {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("TLS handshake timeout".to_owned()),
+    };
+    if let Some(reason) = failure {
+        ctx.seclog
+            .log(SecEvent::TlsHandshake, ctx.id, peer, "-", || reason);
+        // The alert is out; let the peer read it before the socket closes.
+        Box::pin(linger(stream.inner())).await;
+        return;
+    }
+    let identity = if tls.mutual() {
+        cert_identity(&stream, ctx.shared.config.max_id_length)
+    } else {
+        None
+    };
+    serve_upgraded(stream, peer, ctx, deadline, identity).await
+}
+
+/// The device identity of a mutual-TLS client certificate, if it names
+/// one no longer than `max_id_length` (the bound every device id has).
+fn cert_identity<S: Stream>(stream: &TlsStream<S>, max_id_length: usize) -> Option<String> {
+    let id = stream.peer_identity()?;
+    if id.len() > max_id_length {
+        debug!(
+            len = id.len(),
+            max_id_length, "client certificate identity too long: not used"
+        );
+        return None;
+    }
+    Some(id)
+}
+
+/// Mark `conn` authenticated as the device its client certificate names
+/// (mutual TLS): it needs no token. Done before `on_open`, so the welcome
+/// already reflects it. Returns the identity, which `on_open_with` then
+/// installs as the connection's credential (it wins over a token the
+/// upgrade request carried: the certificate was verified in the handshake).
+fn grant_cert_identity(conn: &Conn, id: &str) -> crate::auth::Identity {
+    let identity = crate::auth::Identity {
+        device_id: Some(id.into()),
+        client_type: None,
+        permissions: None,
+        expires_at: None,
+        scope: format!("cert:{id}").into(),
+    };
+    let mut c = conn.client.borrow_mut();
+    c.grant = Some(identity.clone());
+    c.authenticated = true;
+    c.device_id = Some(id.to_owned());
+    identity
+}
+
+/// The upgrade and the connection, over a plain or a TLS stream;
+/// `cert_id` is the device a client certificate proved (mutual TLS).
+async fn serve_upgraded<S: Stream>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Rc<ShardCtx>,
+    deadline: tokio::time::Instant,
+    cert_id: Option<String>,
+) {
     let stream = Rc::new(stream);
     let mut buf = BytesMut::new();
     // Boxed: the handshake's state is freed once it is done instead of
@@ -72,7 +159,7 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
         credential,
         ticket,
         client_ip,
-    }) = Box::pin(handshake_phase(&*stream, &mut buf, peer, &ctx)).await
+    }) = Box::pin(handshake_phase(&*stream, &mut buf, peer, &ctx, deadline)).await
     else {
         Box::pin(linger(&*stream)).await;
         return;
@@ -83,6 +170,10 @@ pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardC
     // From here on we hold one slot of max_connections (taken in handshake_phase).
     let conn = ctx.new_conn(peer, deflate);
     conn.client_ip.set(client_ip);
+    let credential = match &cert_id {
+        Some(id) => Some(Ok(grant_cert_identity(&conn, id))),
+        None => credential,
+    };
     ctx.insert(conn.clone());
     // Releases the slot (registry entry, max_connections count, the
     // address's place under max_connections_per_ip) however this task ends,
@@ -169,8 +260,8 @@ async fn handshake_phase<S: Stream>(
     buf: &mut BytesMut,
     peer: SocketAddr,
     ctx: &ShardCtx,
+    deadline: tokio::time::Instant,
 ) -> Option<Upgraded> {
-    let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
     let (req, head_len) = loop {
         match handshake::parse_request(buf) {
             Ok(Some(r)) => break r,

@@ -89,6 +89,10 @@ static URING_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 pub(crate) struct ShardSpec {
     pub(crate) id: usize,
     pub(crate) listener: std::net::TcpListener,
+    /// `listener` speaks TLS (TLS configured without `tls_port`).
+    pub(crate) listener_tls: bool,
+    /// The TLS listener beside a plain `listener` (`tls_port`).
+    pub(crate) tls_listener: Option<std::net::TcpListener>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) driver: IoDriver,
     pub(crate) core: Option<core_affinity::CoreId>,
@@ -137,11 +141,17 @@ fn shard_main(
         match driver::uring::runtime() {
             Ok(rt) => {
                 rt.block_on(async move {
-                    let listener = driver::uring::UringListener::from_std(spec.listener);
+                    let listeners = Listeners {
+                        main: driver::uring::UringListener::from_std(spec.listener),
+                        main_tls: spec.listener_tls,
+                        tls: spec
+                            .tls_listener
+                            .map(driver::uring::UringListener::from_std),
+                    };
                     run(
                         spec.id,
                         spec.shared,
-                        listener,
+                        listeners,
                         inbox,
                         ready,
                         DriverKind::Uring,
@@ -170,19 +180,80 @@ fn shard_main(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        match driver::epoll::EpollListener::from_std(spec.listener) {
-            Ok(l) => run(spec.id, spec.shared, l, inbox, ready, DriverKind::Epoll).await,
-            Err(e) => {
+        let tls = spec
+            .tls_listener
+            .map(driver::epoll::EpollListener::from_std)
+            .transpose();
+        match (driver::epoll::EpollListener::from_std(spec.listener), tls) {
+            (Ok(main), Ok(tls)) => {
+                let listeners = Listeners {
+                    main,
+                    main_tls: spec.listener_tls,
+                    tls,
+                };
+                run(
+                    spec.id,
+                    spec.shared,
+                    listeners,
+                    inbox,
+                    ready,
+                    DriverKind::Epoll,
+                )
+                .await
+            }
+            (Err(e), _) | (_, Err(e)) => {
                 let _ = ready.send(Err(StartError::Register(e)));
             }
         }
     });
 }
 
+/// A shard's listeners: the main one (plain, or TLS when TLS is
+/// configured without `tls_port`) and the TLS one beside it (`tls_port`).
+struct Listeners<L> {
+    main: L,
+    main_tls: bool,
+    tls: Option<L>,
+}
+
+/// Accept on `listener` until the shard stops; each connection is served
+/// by its own task, through TLS first if `tls`.
+async fn accept_loop<L: Listener>(listener: L, tls: bool, ctx: Rc<ShardCtx>) {
+    let id = ctx.id;
+    let stopped = ctx.stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        if ctx.stopping.get() {
+            break;
+        }
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) if tls => {
+                    tokio::task::spawn_local(conn::serve_tls(stream, peer, ctx.clone()));
+                }
+                Ok((stream, peer)) => {
+                    tokio::task::spawn_local(conn::serve(stream, peer, ctx.clone()));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE: back off briefly instead of spinning.
+                    warn!(shard = id, error = %e, "accept failed");
+                    ctx.shared.events.emit(|| crate::events::Event::ServerError {
+                        message: format!("shard {id}: accept failed: {e}"),
+                    });
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    // Dropped here: stops listening before the drain.
+    drop(listener);
+}
+
 async fn run<L: Listener>(
     id: usize,
     shared: Arc<Shared>,
-    listener: L,
+    listeners: Listeners<L>,
     inbox: Inbox,
     ready: std::sync::mpsc::Sender<Result<DriverKind, StartError>>,
     kind: DriverKind,
@@ -204,30 +275,20 @@ async fn run<L: Listener>(
     let _ = ready.send(Ok(kind));
     debug!(shard = id, driver = %kind, "listening");
 
-    let stopped = ctx.stop.notified();
-    tokio::pin!(stopped);
-    loop {
-        if ctx.stopping.get() {
-            break;
+    // Both loops in this task, never cancelled before the stop: an accept
+    // dropped while in the io_uring ring would lose the connection it
+    // completes with.
+    let Listeners {
+        main,
+        main_tls,
+        tls,
+    } = listeners;
+    let extra = async {
+        if let Some(l) = tls {
+            accept_loop(l, true, ctx.clone()).await;
         }
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    tokio::task::spawn_local(conn::serve(stream, peer, ctx.clone()));
-                }
-                Err(e) => {
-                    // EMFILE/ENFILE: back off briefly instead of spinning.
-                    warn!(shard = id, error = %e, "accept failed");
-                    ctx.shared.events.emit(|| crate::events::Event::ServerError {
-                        message: format!("shard {id}: accept failed: {e}"),
-                    });
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            },
-            _ = &mut stopped => break,
-        }
-    }
-    drop(listener);
+    };
+    tokio::join!(accept_loop(main, main_tls, ctx.clone()), extra);
 
     // Graceful drain: 1001 to everyone, then wait for the close handshakes.
     let open = ctx.snapshot();

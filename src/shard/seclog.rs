@@ -47,9 +47,12 @@ pub(crate) enum SecEvent {
     PerIpConnections,
     /// Upgrade refused (503): `limits.max_tracked_ips` addresses tracked.
     TrackedIpsFull,
+    /// A TLS handshake failed (no or untrusted client certificate, no
+    /// shared version, not TLS, timeout).
+    TlsHandshake,
 }
 
-const KINDS: usize = 13;
+const KINDS: usize = 14;
 
 impl SecEvent {
     fn index(self) -> usize {
@@ -71,6 +74,7 @@ impl SecEvent {
             SecEvent::RateLimited => "upgrade refused: connection rate limit",
             SecEvent::PerIpConnections => "upgrade refused: max_connections_per_ip",
             SecEvent::TrackedIpsFull => "upgrade refused: max_tracked_ips reached",
+            SecEvent::TlsHandshake => "TLS handshake failed",
         }
     }
 }
@@ -160,6 +164,7 @@ const KIND_LIST: [SecEvent; KINDS] = [
     SecEvent::RateLimited,
     SecEvent::PerIpConnections,
     SecEvent::TrackedIpsFull,
+    SecEvent::TlsHandshake,
 ];
 
 #[cfg(test)]

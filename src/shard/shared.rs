@@ -21,6 +21,7 @@ use crate::events::EventHub;
 use crate::status::Status;
 use crate::store::crypto::FieldKey;
 use crate::store::StoreHandle;
+use crate::tls::TlsReloader;
 
 /// State every shard shares.
 #[derive(Debug)]
@@ -47,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) registry: Arc<Registry>,
     /// The `[limits]` state per client address (see [`Admission`]).
     pub(crate) admission: Arc<Admission>,
+    /// The TLS configuration new connections get (TLS configured); the
+    /// server sets it after [`Shared::new`] and reloads swap what it holds.
+    pub(crate) tls: Option<Arc<TlsReloader>>,
 }
 
 impl Shared {
@@ -73,6 +77,7 @@ impl Shared {
             store,
             field_key,
             registry,
+            tls: None,
         }
     }
 

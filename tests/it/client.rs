@@ -10,8 +10,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::WAIT;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// What a client's WebSocket runs over: a TCP stream, or a TLS stream
+/// over one (`tests/it/tls.rs`).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// A connected protocol client that has read its `welcome`.
 pub struct Client {
@@ -43,7 +47,18 @@ impl Client {
     pub async fn connect_req(
         req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
     ) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let req = req.into_client_request().unwrap();
+        let authority = req.uri().authority().unwrap().as_str().to_owned();
+        let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+        Client::over(Box::new(tcp), req).await.unwrap()
+    }
+
+    /// Upgrade `io` (connected to the request's server) and read the `welcome`.
+    pub async fn over(
+        io: Box<dyn Io>,
+        req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::client_async(req, io).await?;
         let mut c = Client {
             ws,
             id: String::new(),
@@ -53,7 +68,7 @@ impl Client {
         assert_eq!(w["type"], "welcome", "{w}");
         c.id = w["clientId"].as_str().unwrap().to_owned();
         c.welcome = w;
-        c
+        Ok(c)
     }
 
     /// Connect and complete a handshake as `client_type`.

@@ -17,3 +17,4 @@ mod protocol;
 mod regression;
 mod release;
 mod store;
+mod tls;

@@ -1,5 +1,5 @@
-//! The only code that touches sockets: one module per I/O driver, and the
-//! listeners they accept on ([`listen`]).
+//! The only code that touches sockets: one module per I/O driver, the
+//! listeners they accept on ([`listen`]), and TLS over either ([`tls`]).
 //!
 //! Both drivers expose the same owned-buffer interface (the shape io_uring
 //! needs: the kernel owns the buffer while an operation is in flight), so the
@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 pub(crate) mod epoll;
 pub(crate) mod listen;
+pub(crate) mod tls;
 pub(crate) mod uring;
 
 /// A connected TCP stream, used from one shard thread.
