@@ -372,12 +372,26 @@ both_drivers!(mtls_identity_from_san, |driver| {
         &["dev7.devices.example", "second.example"],
         true,
     );
-    let (c, _) = connect_wss(srv.addr, client_tls(&ca.der(), Some(&leaf), &[]))
+    let (mut c, _) = connect_wss(srv.addr, client_tls(&ca.der(), Some(&leaf), &[]))
         .await
         .unwrap();
     let status = srv.server.get_status().await.unwrap();
     let me = status.clients.iter().find(|x| x.id == c.id).unwrap();
     assert_eq!(me.device_id.as_deref(), Some("dev7.devices.example"));
+    // Authentication is off here, yet the certificate's device is known
+    // and reachable by its identity.
+    assert_eq!(
+        c.welcome["deviceId"], "dev7.devices.example",
+        "{}",
+        c.welcome
+    );
+    assert_eq!(
+        srv.server
+            .send_to_device("dev7.devices.example", &json!({"n": 1}))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(c.recv().await, json!({"n": 1}));
     srv.stop().await;
 });
 

@@ -77,8 +77,14 @@ impl ShardCtx {
         if c.echo {
             return;
         }
+        // A client certificate (mTLS) is an identity even with
+        // authentication off: the device is known and reachable
+        // (`send_to_device`).
+        let from_cert = matches!(&cred, Some(Ok(id)) if id.scope.starts_with("cert:"));
         let upgraded = match cred {
-            Some(cred) if c.enable_authentication => Some(self.upgrade_credential(conn, cred)),
+            Some(cred) if c.enable_authentication || from_cert => {
+                Some(self.upgrade_credential(conn, cred))
+            }
             _ => None,
         };
         let features = Obj::new()
