@@ -61,6 +61,8 @@ pub enum Event {
     ClientAuthenticated {
         /// Server-assigned id.
         client_id: String,
+        /// The credential's device identity, if it has one.
+        device_id: Option<String>,
     },
     /// A `data`/`sensor_data` record was accepted.
     DataReceived {
@@ -68,6 +70,8 @@ pub enum Event {
         client_id: String,
         /// The sender's client type.
         client_type: Option<String>,
+        /// The sender's device id (its credential's, else its handshake's).
+        device_id: Option<String>,
         /// The record's `dataType`.
         data_type: String,
         /// The record's data.

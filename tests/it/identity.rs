@@ -87,12 +87,22 @@ async fn authed(addr: std::net::SocketAddr, token: &str) -> Client {
 
 both_drivers!(hashed_token_identity_and_permissions, |driver| {
     let srv = TestServer::start(auth_config(driver)).await;
+    let events = srv.server.subscribe_events();
     let mut c = Client::connect(srv.addr).await;
     let r = c
         .call(json!({"type": "auth", "token": "pump-7-secret"}))
         .await;
     assert_eq!(r["success"], true, "{r}");
     assert_eq!(r["deviceId"], "pump-7");
+    // Events carry the device.
+    let e = crate::util::wait_event(&events, |e| {
+        matches!(e, wshandler::Event::ClientAuthenticated { .. })
+    })
+    .await;
+    assert!(
+        matches!(&e, wshandler::Event::ClientAuthenticated { device_id: Some(d), .. } if d == "pump-7"),
+        "{e:?}"
+    );
     // The hash itself is not the token.
     let mut x = Client::connect(srv.addr).await;
     let h = wshandler::auth::sha256_hex(b"pump-7-secret");

@@ -148,6 +148,7 @@ impl ShardCtx {
         self.shared.events.emit(|| Event::DataReceived {
             client_id: conn.client_id.clone(),
             client_type: conn.client.borrow().client_type.clone(),
+            device_id: conn.client.borrow().device_id.clone(),
             data_type: data_type.to_string(),
             data: to_serde(data),
             timestamp: ts.to_string(),

@@ -218,6 +218,7 @@ impl ShardCtx {
                 self.install_identity(conn, id);
                 self.shared.events.emit(|| Event::ClientAuthenticated {
                     client_id: conn.client_id.clone(),
+                    device_id: conn.client.borrow().device_id.clone(),
                 });
                 Ok(())
             }

@@ -195,6 +195,7 @@ impl ShardCtx {
             reply(true, "Authenticated");
             self.shared.events.emit(|| Event::ClientAuthenticated {
                 client_id: conn.client_id.clone(),
+                device_id: conn.client.borrow().device_id.clone(),
             });
             return Ok(());
         }
