@@ -8,12 +8,11 @@ Run: WSHANDLER_BIN=target/debug/wshandler pytest tests/python
 
 import asyncio
 import json
-import os
-import subprocess
 import time
 
 import jwt  # PyJWT
 import websockets
+from wshserver import spawn
 
 SECRET = "docs-example-secret-of-at-least-32-bytes"
 
@@ -31,20 +30,14 @@ def issue(sub, **extra):
 
 
 def start_server(tmp_path):
-    binary = os.environ.get("WSHANDLER_BIN", "target/debug/wshandler")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSH_")}
     secret_file = tmp_path / "jwt.secret"
     secret_file.write_text(SECRET + "\n")
-    env["WSH_JWT_AUDIENCE"] = "wshandler"
-    proc = subprocess.Popen(
-        [binary, "serve", "--host", "127.0.0.1", "--port", "0",
-         "--set", "enable_authentication=true", "--set", "persist=false",
+    proc, addr = spawn(
+        ["--set", "enable_authentication=true", "--set", "persist=false",
          "--set", f"jwt.hmac_secret_file={secret_file}", "--log-level", "error"],
-        stdout=subprocess.PIPE, env=env, text=True,
+        {"WSH_JWT_AUDIENCE": "wshandler"},
     )
-    line = proc.stdout.readline()
-    assert line.startswith("wshandler listening on "), line
-    return proc, "ws://" + line.strip().rsplit(" ", 1)[1]
+    return proc, "ws://" + addr
 
 
 async def recv(ws):

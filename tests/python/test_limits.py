@@ -10,26 +10,19 @@ Run: WSHANDLER_BIN=target/debug/wshandler pytest tests/python
 
 import asyncio
 import json
-import os
-import subprocess
 
 import pytest
 import websockets
+from wshserver import spawn
 
 
 def start_server(tmp_path, env_extra, flags):
-    binary = os.environ.get("WSHANDLER_BIN", "target/debug/wshandler")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSH_")}
-    env.update(env_extra)
-    proc = subprocess.Popen(
-        [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--shards", "2",
-         "--set", "persist=false", "--set", f"data_dir={tmp_path / 'data'}",
+    proc, addr = spawn(
+        ["--shards", "2", "--set", "persist=false", "--set", f"data_dir={tmp_path / 'data'}",
          "--log-level", "warn", *flags],
-        stdout=subprocess.PIPE, env=env, text=True,
+        env_extra,
     )
-    line = proc.stdout.readline()
-    assert line.startswith("wshandler listening on "), line
-    return proc, "ws://" + line.strip().rsplit(" ", 1)[1] + "/"
+    return proc, "ws://" + addr + "/"
 
 
 def refusal(exc_info):

@@ -10,31 +10,25 @@ Run: WSHANDLER_BIN=target/debug/wshandler pytest tests/python
 import asyncio
 import hashlib
 import json
-import os
-import subprocess
 
 import websockets
+from wshserver import spawn
 
 TOKEN = "browser-dashboard-token"
 
 
 def start_server(tmp_path):
-    binary = os.environ.get("WSHANDLER_BIN", "target/debug/wshandler")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSH_")}
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    env["WSH_AUTH_TOKENS"] = (
+    tokens = (
         f'[{{ sha256 = "{digest}", device_id = "dash-1", client_type = "application",'
         f' permissions = {{ subscribe = ["sensors.>"], publish = ["sensors.>"] }} }}]'
     )
-    proc = subprocess.Popen(
-        [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--shards", "2",
-         "--set", "enable_authentication=true", "--set", "persist=false",
+    proc, addr = spawn(
+        ["--shards", "2", "--set", "enable_authentication=true", "--set", "persist=false",
          "--log-level", "error"],
-        stdout=subprocess.PIPE, env=env, text=True,
+        {"WSH_AUTH_TOKENS": tokens},
     )
-    line = proc.stdout.readline()
-    assert line.startswith("wshandler listening on "), line
-    return proc, "ws://" + line.strip().rsplit(" ", 1)[1]
+    return proc, "ws://" + addr
 
 
 async def recv(ws):

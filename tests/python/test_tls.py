@@ -19,6 +19,7 @@ import warnings
 
 import pytest
 import websockets
+from wshserver import spawn
 
 TOKEN = "py-tls-token"
 
@@ -64,21 +65,15 @@ def der_of(pem_path):
 def start_server(tmp_path, *extra):
     """The binary serving plain on one port and TLS on another; returns the
     process, the plain address and the TLS address."""
-    binary = os.environ.get("WSHANDLER_BIN", "target/debug/wshandler")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSH_")}
-    env["WSH_AUTH_TOKEN"] = TOKEN
-    proc = subprocess.Popen(
-        [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--shards", "2",
-         "--set", "enable_authentication=true", "--set", "tls_port=0",
+    proc, plain = spawn(
+        ["--shards", "2", "--set", "enable_authentication=true", "--set", "tls_port=0",
          "--set", "tls_watch_interval=0s",
          "--set", f"data_dir={tmp_path / 'data'}", "--log-level", "warn", *extra],
-        stdout=subprocess.PIPE, env=env, text=True,
+        {"WSH_AUTH_TOKEN": TOKEN},
     )
-    plain = proc.stdout.readline()
-    assert plain.startswith("wshandler listening on "), plain
     tls = proc.stdout.readline()
     assert tls.startswith("wshandler listening for wss on "), tls
-    return proc, plain.strip().rsplit(" ", 1)[1], tls.strip().rsplit(" ", 1)[1]
+    return proc, plain, tls.strip().rsplit(" ", 1)[1]
 
 
 def stop(proc):

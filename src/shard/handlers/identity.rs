@@ -101,15 +101,14 @@ impl ShardCtx {
             }
             drop(idx);
             if self.shared.config.on_duplicate_device == DuplicateDevice::Replace {
+                let keep = (self.id, conn.key);
+                self.replace_device(&d, keep);
                 for (shard, mb) in self.shared.mailboxes.iter().enumerate() {
-                    let msg = ShardMsg::ReplaceDevice {
-                        device: d.clone(),
-                        keep: (self.id, conn.key),
-                    };
-                    if shard == self.id {
-                        self.replace_device(&d, (self.id, conn.key));
-                    } else {
-                        mb.send(msg);
+                    if shard != self.id {
+                        mb.send(ShardMsg::ReplaceDevice {
+                            device: d.clone(),
+                            keep,
+                        });
                     }
                 }
             }
@@ -117,19 +116,17 @@ impl ShardCtx {
         self.arm_expiry(conn);
     }
 
+    /// This shard's live connections of `device`.
+    fn device_conns(&self, device: &str) -> Vec<Rc<Conn>> {
+        let idx = self.devices.borrow();
+        let keys = idx.get(device).map_or(&[][..], Vec::as_slice);
+        keys.iter().filter_map(|&k| self.conn(k)).collect()
+    }
+
     /// Close this shard's connections of `device` except `keep` (4002).
     pub(super) fn replace_device(&self, device: &str, keep: (usize, u64)) {
-        let keys = self
-            .devices
-            .borrow()
-            .get(device)
-            .cloned()
-            .unwrap_or_default();
-        for k in keys {
-            if (self.id, k) == keep {
-                continue;
-            }
-            if let Some(c) = self.conn(k) {
+        for c in self.device_conns(device) {
+            if (self.id, c.key) != keep {
                 c.close_with(
                     close::REPLACED,
                     "replaced by a newer connection of this device",
@@ -140,15 +137,9 @@ impl ShardCtx {
 
     /// Queue `payload` on every connection of `device` here; how many.
     pub(super) fn send_to_device_local(&self, device: &str, payload: &bytes::Bytes) -> usize {
-        let keys = self
-            .devices
-            .borrow()
-            .get(device)
-            .cloned()
-            .unwrap_or_default();
         let frame = crate::ws::frame::encode(crate::ws::frame::OpCode::Text, false, payload);
-        keys.into_iter()
-            .filter_map(|k| self.conn(k))
+        self.device_conns(device)
+            .iter()
             .filter(|c| self.push(c, true, payload, &frame))
             .count()
     }
