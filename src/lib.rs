@@ -48,6 +48,8 @@ pub mod config;
 pub mod events;
 #[doc(hidden)]
 pub mod fdlimit;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;

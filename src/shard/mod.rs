@@ -26,6 +26,7 @@ pub(crate) mod mesh;
 pub(crate) mod notify;
 #[cfg(test)]
 mod protocol_tests;
+pub(crate) mod scrape;
 pub(crate) mod seclog;
 pub(crate) mod shared;
 
