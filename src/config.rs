@@ -270,6 +270,11 @@ pub struct Config {
     /// listed: `clientsTruncated`), so one small request cannot return
     /// megabytes. At least 1. Default 1000.
     pub status_max_clients: usize,
+    /// Topics with their own series in `GET /metrics`
+    /// (`wshandler_topic_*{topic}`): the busiest this many, so 100k topics
+    /// never make 100k series. 0: no per-topic series. At most 1000.
+    /// Default 20.
+    pub metrics_top_topics: usize,
 
     // --- Monitoring ---
     /// Send pings and close connections that stop answering, so dead peers
@@ -404,6 +409,7 @@ impl Default for Config {
             max_name_length: 128,
             max_pending_requests: 64,
             status_max_clients: 1000,
+            metrics_top_topics: 20,
             enable_heartbeat: true,
             heartbeat_interval: Duration::from_secs(30),
             log_level: "info".to_owned(),
@@ -499,6 +505,7 @@ impl fmt::Debug for Config {
             max_name_length,
             max_pending_requests,
             status_max_clients,
+            metrics_top_topics,
             enable_heartbeat,
             heartbeat_interval,
             log_level,
@@ -577,6 +584,7 @@ impl fmt::Debug for Config {
             .field("max_name_length", max_name_length)
             .field("max_pending_requests", max_pending_requests)
             .field("status_max_clients", status_max_clients)
+            .field("metrics_top_topics", metrics_top_topics)
             .field("enable_heartbeat", enable_heartbeat)
             .field("heartbeat_interval", heartbeat_interval)
             .field("log_level", log_level)
@@ -1089,6 +1097,12 @@ impl Config {
                 return invalid(field, format!("must be at least {min} (got {v})"));
             }
         }
+        if self.metrics_top_topics > 1000 {
+            return invalid(
+                "metrics_top_topics",
+                format!("must be at most 1000 (got {})", self.metrics_top_topics),
+            );
+        }
         if self.request_timeout.is_zero() {
             return invalid("request_timeout", "must be greater than zero".to_owned());
         }
@@ -1374,6 +1388,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("max_name_length", Kind::Int),
     ("max_pending_requests", Kind::Int),
     ("status_max_clients", Kind::Int),
+    ("metrics_top_topics", Kind::Int),
     ("enable_heartbeat", Kind::Bool),
     ("heartbeat_interval", Kind::Duration),
     ("log_level", Kind::Str),

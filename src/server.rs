@@ -526,6 +526,11 @@ impl WebSocketHandler {
         self.handle()?.get_status().await
     }
 
+    /// See [`Handle::metrics_text`].
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        self.handle()?.metrics_text().await
+    }
+
     /// Call `handler` on a dedicated thread for every event named `event`
     /// (the seed's names: `client-connected`, `data-received`, ...; `"*"` for
     /// all). Handlers never run on a shard.
@@ -734,6 +739,7 @@ impl Handle {
         let exclude = exclude_client_id.and_then(|c| shared.route(c));
         let data = serde_json::to_vec(data).expect("value serialises");
         let p = Publish::new(topic, &data, Some("server"), exclude);
+        shared.api_publishes.fetch_add(1, Ordering::Relaxed);
         mesh::fan_out(&shared.mailboxes, p, None);
         Ok(())
     }
@@ -824,6 +830,18 @@ impl Handle {
     /// See [`WebSocketHandler::get_status`].
     pub async fn get_status(&self) -> Result<Status, ApiError> {
         Ok(self.running()?.collect_status().await)
+    }
+
+    /// The metrics in the Prometheus text format: what `GET /metrics`
+    /// serves (content type [`crate::metrics::encode::CONTENT_TYPE`]), for
+    /// an embedder that exposes them its own way.
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        Ok(crate::shard::scrape::metrics_text(self.running()?).await)
+    }
+
+    /// The dashboard's live numbers (totals since start and levels now).
+    pub async fn overview(&self) -> Result<crate::metrics::Overview, ApiError> {
+        Ok(crate::shard::scrape::overview(self.running()?).await)
     }
 }
 

@@ -55,6 +55,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (`code as usize` is its index).
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::UnknownType,
+        ErrorCode::FeatureDisabled,
+        ErrorCode::InvalidMessage,
+        ErrorCode::Unauthenticated,
+        ErrorCode::UnknownStream,
+        ErrorCode::StreamSequence,
+        ErrorCode::Forbidden,
+        ErrorCode::TooDeep,
+        ErrorCode::LimitExceeded,
+        ErrorCode::UnknownRequest,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::TokenExpired,
+        ErrorCode::AuthFailed,
+    ];
+
     /// The wire value.
     pub fn as_str(self) -> &'static str {
         match self {

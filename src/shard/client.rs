@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use super::notify::LocalNotify;
 use crate::api::CallKind;
 use crate::config::Checked;
+use crate::metrics::{OutLabel, ShardMetrics};
 use crate::ws::close;
 use crate::ws::deflate::Deflate;
 use crate::ws::{Limits, OutQueue, Session};
@@ -119,6 +121,8 @@ pub(crate) struct Conn {
     pub(crate) msgs_out: Cell<u64>,
     pub(crate) max_backpressure: usize,
     compression_threshold: usize,
+    /// The shard's counters.
+    pub(crate) m: Arc<ShardMetrics>,
 }
 
 impl Conn {
@@ -131,7 +135,7 @@ impl Conn {
         (key, client_id): (u64, String),
         peer: SocketAddr,
         deflate: Option<Deflate>,
-        tick: u32,
+        (tick, m): (u32, Arc<ShardMetrics>),
     ) -> Rc<Conn> {
         Rc::new(Conn {
             key,
@@ -159,6 +163,7 @@ impl Conn {
             client: RefCell::new(Default::default()),
             msgs_in: Cell::new(0),
             msgs_out: Cell::new(0),
+            m,
         })
     }
 
@@ -178,6 +183,13 @@ impl Conn {
             return;
         }
         self.msgs_out.set(self.msgs_out.get() + 1);
+        let label = if text {
+            OutLabel::of_json(&payload)
+        } else {
+            OutLabel::Binary
+        };
+        self.m.sent[label as usize].inc();
+        self.m.payload_out.add(payload.len() as u64);
         let mut out = self.out.borrow_mut();
         self.session
             .borrow_mut()
@@ -193,6 +205,7 @@ impl Conn {
     /// (1008) and the caller reports it.
     pub(crate) fn push_external(
         self: &Rc<Self>,
+        label: OutLabel,
         text: bool,
         payload: &Bytes,
         frame: &Bytes,
@@ -209,6 +222,8 @@ impl Conn {
             return Pushed::SlowConsumer { queued };
         }
         self.msgs_out.set(self.msgs_out.get() + 1);
+        self.m.sent[label as usize].inc();
+        self.m.payload_out.add(payload.len() as u64);
         let mut session = self.session.borrow_mut();
         if session.compression() && payload.len() >= self.compression_threshold {
             session.send(

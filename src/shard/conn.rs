@@ -35,6 +35,7 @@ use super::driver::tls::TlsStream;
 use super::driver::Stream;
 use super::seclog::SecEvent;
 use crate::events::Event;
+use crate::metrics::{CloseLabel, RejectReason};
 use crate::ws::close;
 use crate::ws::deflate::{self, Deflate, DeflatePolicy};
 use crate::ws::handshake::{self, Decision, Rejection};
@@ -93,6 +94,7 @@ pub(crate) async fn serve_tls<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<Sh
         Err(_) => Some("TLS handshake timeout".to_owned()),
     };
     if let Some(reason) = failure {
+        ctx.m.rejected[RejectReason::Tls as usize].inc();
         ctx.seclog
             .log(SecEvent::TlsHandshake, ctx.id, peer, "-", || reason);
         // The alert is out; let the peer read it before the socket closes.
@@ -230,6 +232,7 @@ impl Drop for Slot {
         // Before the count and the event: whoever sees either may connect again.
         drop(self.ticket.take());
         ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+        ctx.m.closes[CloseLabel::of(conn.close_code.get()) as usize].inc();
         let duration = conn.connected_at.elapsed().as_millis() as u64;
         ctx.shared.events.emit(|| Event::ClientDisconnected {
             client_id: conn.client_id.clone(),
@@ -275,6 +278,7 @@ async fn handshake_phase<S: Stream>(
                     status,
                     message: e.to_string(),
                 };
+                ctx.m.rejected[RejectReason::BadHandshake as usize].inc();
                 write_all(stream, handshake::reject_response(&r).into()).await;
                 return None;
             }
@@ -294,6 +298,7 @@ async fn handshake_phase<S: Stream>(
             None
         }
         Decision::Reject(r) => {
+            ctx.m.rejected[RejectReason::BadHandshake as usize].inc();
             debug!(status = r.status, reason = %r.message, "handshake refused");
             write_all(stream, handshake::reject_response(&r).into()).await;
             None
@@ -309,17 +314,20 @@ async fn handshake_phase<S: Stream>(
                 match shared.admission.admit(client_ip, req.origin.as_deref()) {
                     Ok(t) => t,
                     Err(r) => {
+                        ctx.m.rejected[RejectReason::Admission as usize].inc();
                         refuse_upgrade(stream, ctx, peer, client_ip, &r).await;
                         return None;
                     }
                 }
             };
             let refuse = if shared.stopping.load(Ordering::Acquire) {
+                ctx.m.rejected[RejectReason::ShuttingDown as usize].inc();
                 Some("server is shutting down".to_owned())
             } else if shared.conn_count.fetch_add(1, Ordering::AcqRel)
                 >= shared.config.max_connections
             {
                 shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+                ctx.m.rejected[RejectReason::MaxConnections as usize].inc();
                 Some(format!(
                     "max_connections ({}) reached",
                     shared.config.max_connections
@@ -352,6 +360,7 @@ async fn handshake_phase<S: Stream>(
                 shared.conn_count.fetch_sub(1, Ordering::AcqRel);
                 return None;
             }
+            ctx.m.accepted.inc();
             let mem_level = shared.config.compression_mem_level;
             let credential = if shared.config.enable_authentication {
                 let query;
@@ -536,6 +545,7 @@ async fn read_loop<S: Stream>(
         match res {
             Ok(0) => return End::Dropped,
             Ok(n) => {
+                ctx.m.wire_in.add(n as u64);
                 conn.last_seen.set(ctx.tick.get());
                 if n >= want {
                     read_size = (read_size * 2).min(64 * 1024);
@@ -569,6 +579,7 @@ async fn write_loop<S: Stream>(stream: Rc<S>, conn: Rc<Conn>) {
         let (res, mut b) = stream.writev(batch).await;
         match res {
             Ok(n) if n > 0 => {
+                conn.m.wire_out.add(n as u64);
                 conn.out.borrow_mut().written(&mut b, n);
                 batch = b;
                 if conn.out.borrow().bytes() <= conn.max_backpressure {

@@ -18,6 +18,8 @@ use super::seclog::{self, SecEvent};
 use super::shared::Shared;
 use crate::api::HandlerResult;
 use crate::events::Event;
+use crate::metrics::topk::TopK;
+use crate::metrics::{OutLabel, ShardMetrics};
 use crate::protocol::scan::Member;
 use crate::protocol::topic::SubTrie;
 use crate::status::{ClientInfo, ShardStatus};
@@ -41,6 +43,9 @@ pub(crate) struct Waiting {
     pub(crate) reply_ty: &'static str,
     /// Counts against the caller's `max_pending_requests` while it waits.
     pub(crate) _pending: PendingGuard,
+    /// When the call arrived, and its kind (latency metrics).
+    pub(crate) started: std::time::Instant,
+    pub(crate) kind: crate::metrics::CallKindLabel,
 }
 
 /// Where the answer to a server-issued request goes.
@@ -94,6 +99,10 @@ pub(crate) struct ShardCtx {
     pub(crate) store: Option<StoreQueue>,
     /// Live connections per authenticated device id.
     pub(crate) devices: RefCell<HashMap<Arc<str>, Vec<u64>>>,
+    /// This shard's counters (also in `shared.metrics[id]`, for scrapes).
+    pub(crate) m: Arc<ShardMetrics>,
+    /// The busiest topics seen on this shard (`metrics_top_topics`).
+    pub(crate) topk: RefCell<TopK>,
 }
 
 impl ShardCtx {
@@ -103,6 +112,8 @@ impl ShardCtx {
             .store
             .clone()
             .map(|handle| StoreQueue::new(handle, id));
+        let m = shared.metrics[id].clone();
+        let topk = RefCell::new(TopK::new(shared.config.metrics_top_topics));
         Rc::new_cyclic(|me| ShardCtx {
             id,
             shared,
@@ -124,6 +135,8 @@ impl ShardCtx {
             next_call: Cell::new(0),
             pending_store: RefCell::new(HashMap::new()),
             store,
+            m,
+            topk,
         })
     }
 
@@ -137,7 +150,7 @@ impl ShardCtx {
             (key, id),
             peer,
             deflate,
-            self.tick.get(),
+            (self.tick.get(), self.m.clone()),
         )
     }
 
@@ -192,13 +205,15 @@ impl ShardCtx {
     pub(crate) fn push(
         &self,
         conn: &Rc<Conn>,
+        label: OutLabel,
         text: bool,
         payload: &bytes::Bytes,
         frame: &bytes::Bytes,
     ) -> bool {
-        match conn.push_external(text, payload, frame) {
+        match conn.push_external(label, text, payload, frame) {
             Pushed::Queued | Pushed::Closing => true,
             Pushed::SlowConsumer { queued } => {
+                self.m.slow_consumers.inc();
                 let max = conn.max_backpressure;
                 self.seclog.log(
                     SecEvent::SlowConsumer,
@@ -216,6 +231,30 @@ impl ShardCtx {
                 });
                 false
             }
+        }
+    }
+
+    /// This shard's levels for a metrics scrape: one pass over its
+    /// connections.
+    pub(crate) fn levels(&self) -> crate::metrics::ShardLevels {
+        let mut by_type: Vec<(Option<String>, u64)> = Vec::new();
+        let (mut queue_bytes, mut queue_max) = (0u64, 0u64);
+        for c in self.conns.borrow().values() {
+            let q = c.out.borrow().bytes() as u64;
+            queue_bytes += q;
+            queue_max = queue_max.max(q);
+            let st = c.client.borrow();
+            match by_type.iter_mut().find(|(t, _)| *t == st.client_type) {
+                Some((_, n)) => *n += 1,
+                None => by_type.push((st.client_type.clone(), 1)),
+            }
+        }
+        crate::metrics::ShardLevels {
+            by_type,
+            queue_bytes,
+            queue_max,
+            store_parked: self.store.as_ref().map_or(0, |q| q.parked() as u64),
+            topics: self.topk.borrow().entries().to_vec(),
         }
     }
 

@@ -76,6 +76,8 @@ pub(crate) enum ShardMsg {
     },
     /// Report this shard's connections.
     Status(tokio::sync::oneshot::Sender<ShardStatus>),
+    /// Report this shard's levels for a metrics scrape.
+    Scrape(tokio::sync::oneshot::Sender<crate::metrics::ShardLevels>),
     /// The store writer finished records sent from this shard (or has room
     /// again for records this shard parked).
     StoreDone(Vec<Completion>),

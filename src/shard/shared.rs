@@ -18,6 +18,7 @@ use crate::api::Registry;
 use crate::auth::Authenticator;
 use crate::config::Checked;
 use crate::events::EventHub;
+use crate::metrics::ShardMetrics;
 use crate::status::Status;
 use crate::store::crypto::FieldKey;
 use crate::store::StoreHandle;
@@ -51,6 +52,10 @@ pub(crate) struct Shared {
     /// The TLS configuration new connections get (TLS configured); the
     /// server sets it after [`Shared::new`] and reloads swap what it holds.
     pub(crate) tls: Option<Arc<TlsReloader>>,
+    /// Each shard's counters (index: shard id), read by scrapes.
+    pub(crate) metrics: Vec<Arc<ShardMetrics>>,
+    /// Publishes made through the API (HTTP or `Handle`), off any shard.
+    pub(crate) api_publishes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -63,6 +68,7 @@ impl Shared {
         field_key: Option<FieldKey>,
         registry: Arc<Registry>,
     ) -> Shared {
+        let shards = mailboxes.len();
         Shared {
             auth_source: std::sync::Mutex::new(crate::config::Config::clone(&config)),
             admission: Arc::new(Admission::new(&config.limits)),
@@ -78,6 +84,8 @@ impl Shared {
             field_key,
             registry,
             tls: None,
+            metrics: (0..shards).map(|_| Arc::default()).collect(),
+            api_publishes: Default::default(),
         }
     }
 

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+use crate::metrics::StoreMetrics;
+
 pub use crate::config::Durability;
 
 pub(crate) use queue::StoreQueue;
@@ -235,12 +237,42 @@ pub(crate) struct StoreHandle {
     /// Shards (bit `shard % 64`) with records parked because the queue was
     /// full; the writer wakes them after its next batch.
     blocked: Arc<AtomicU64>,
+    /// The writer's counters.
+    metrics: Arc<StoreMetrics>,
 }
 
 impl StoreHandle {
     /// The database, for reads.
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The writer's counters.
+    pub(crate) fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Records in the writer's channel now.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// A RocksDB integer property summed over the column families
+    /// (e.g. `rocksdb.total-sst-files-size`); `None` if unreadable.
+    pub(crate) fn db_property(&self, name: &str) -> Option<u64> {
+        let db = self.store.db();
+        let mut total = None;
+        for cf in ["default", keys::META_CF, keys::DEDUP_CF]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.store.tables().iter().cloned())
+        {
+            let Some(h) = db.cf_handle(&cf) else { continue };
+            if let Ok(Some(v)) = db.property_int_value_cf(h, name) {
+                total = Some(total.unwrap_or(0) + v);
+            }
+        }
+        total
     }
 
     /// Ask the writer to wake `shard` after its next batch.
@@ -293,9 +325,22 @@ pub(crate) fn start(
     let store = Store::open(&cfg)?;
     let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
     let blocked = Arc::new(AtomicU64::new(0));
-    let thread = spawn_writer(store.clone(), cfg, rx, (shards, sink), blocked.clone())?;
+    let metrics = Arc::new(StoreMetrics::default());
+    let thread = spawn_writer(
+        store.clone(),
+        cfg,
+        rx,
+        (shards, sink),
+        blocked.clone(),
+        metrics.clone(),
+    )?;
     Ok(StoreRuntime {
-        handle: StoreHandle { tx, store, blocked },
+        handle: StoreHandle {
+            tx,
+            store,
+            blocked,
+            metrics,
+        },
         thread,
     })
 }

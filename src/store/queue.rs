@@ -76,6 +76,11 @@ impl StoreQueue {
         self.ready.notify_waiters();
     }
 
+    /// Records parked here now.
+    pub(crate) fn parked(&self) -> usize {
+        self.backlog.borrow().len()
+    }
+
     /// Are records parked (readers should pause)?
     pub(crate) fn is_blocked(&self) -> bool {
         self.blocked.get()

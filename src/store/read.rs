@@ -320,9 +320,15 @@ mod tests {
         let store = Store::open(&cfg).unwrap();
         let (tx, rx) = crossbeam_channel::bounded(bodies.len() + 1);
         let sink: crate::store::CompletionSink = Box::new(|_, _| {});
-        let writer =
-            crate::store::spawn_writer(store.clone(), cfg, rx, (1, sink), Default::default())
-                .unwrap();
+        let writer = crate::store::spawn_writer(
+            store.clone(),
+            cfg,
+            rx,
+            (1, sink),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
         let table: Arc<str> = "t".into();
         for (i, b) in bodies.iter().enumerate() {
             tx.send(WriteMsg::Write(WriteTask {

@@ -123,6 +123,8 @@ struct Writer {
     dedup_cursor: Option<Vec<u8>>,
     /// Most entries one sweep looks at ([`DEDUP_SWEEP`]; smaller in tests).
     dedup_sweep: usize,
+    /// Batches, commit latency, records written (read by scrapes).
+    metrics: std::sync::Arc<crate::metrics::StoreMetrics>,
 }
 
 /// Most de-duplication entries one maintenance sweep looks at.
@@ -135,6 +137,7 @@ pub(crate) fn spawn_writer(
     rx: Receiver<WriteMsg>,
     (shards, sink): (usize, CompletionSink),
     blocked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    metrics: std::sync::Arc<crate::metrics::StoreMetrics>,
 ) -> Result<std::thread::JoinHandle<()>, super::StoreError> {
     let db = store.db().clone();
     let mut counters = HashMap::new();
@@ -157,6 +160,7 @@ pub(crate) fn spawn_writer(
         wopts,
         dedup_cursor: None,
         dedup_sweep: DEDUP_SWEEP,
+        metrics,
     };
     std::thread::Builder::new()
         .name("wsh-store-writer".into())
@@ -321,8 +325,30 @@ impl Writer {
         for t in &touched {
             wb.put_cf(meta, keys::seq_key(t), self.counters[&**t].to_be_bytes());
         }
+        self.metrics.batch_size.observe(batch.len() as u64);
+        let fresh = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.2,
+                    Ok(StoreAck {
+                        duplicate: false,
+                        ..
+                    })
+                )
+            })
+            .count() as u64;
         if !wb.is_empty() {
-            if let Err(e) = db.write_opt(wb, &self.wopts) {
+            let started = Instant::now();
+            let written = db.write_opt(wb, &self.wopts);
+            let took = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+            self.metrics.commit_latency.observe(took);
+            if written.is_ok() {
+                self.metrics.records_written.add(fresh);
+            } else {
+                self.metrics.write_errors.add(fresh);
+            }
+            if let Err(e) = written {
                 error!(error = %e, records = batch.len(), "write batch failed");
                 self.counters = before;
                 let err = WriteError::Db(e);
@@ -492,6 +518,7 @@ mod tests {
             wopts: WriteOptions::default(),
             dedup_cursor: None,
             dedup_sweep: 3,
+            metrics: Default::default(),
         };
         for _ in 0..4 {
             w.maintenance();

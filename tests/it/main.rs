@@ -13,6 +13,7 @@ mod handshake;
 mod identity;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod protocol;
 mod regression;
 mod release;

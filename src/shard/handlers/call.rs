@@ -15,6 +15,7 @@ use super::to_serde;
 use crate::api::{CallContext, CallKind, Registrant};
 use crate::auth::Op;
 use crate::events::Event;
+use crate::metrics::{CallKindLabel, OutLabel, Outcome};
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
 use crate::protocol::scan::Msg;
@@ -29,6 +30,11 @@ impl ShardCtx {
         let (ty, name_field, data_field, reply_ty) = match kind {
             CallKind::Endpoint => (MsgType::Request, "endpoint", "data", "response"),
             CallKind::Method => (MsgType::RpcCall, "method", "params", "rpc_response"),
+        };
+        let started = std::time::Instant::now();
+        let label = match kind {
+            CallKind::Endpoint => CallKindLabel::Request,
+            CallKind::Method => CallKindLabel::Rpc,
         };
         let request_id = self.req_id(conn, m, ty, "requestId")?;
         let name = self.req_str(conn, m, ty, name_field, self.name_bound())?;
@@ -68,6 +74,7 @@ impl ShardCtx {
         if kind == CallKind::Endpoint {
             match &*name {
                 "echo" => {
+                    conn.m.call_done(label, Outcome::Ok, micros(started));
                     send_result(conn, reply_ty, &request_id, true, body);
                     return Ok(());
                 }
@@ -113,17 +120,20 @@ impl ShardCtx {
             let guard = PendingGuard::calls(&conn);
             tokio::task::spawn_local(async move {
                 let _guard = guard;
-                let (ok, body) = match tokio::time::timeout(timeout, fut).await {
-                    Ok(Ok(Ok(value))) => {
-                        (true, serde_json::to_vec(&value).expect("value serialises"))
-                    }
-                    Ok(Ok(Err(msg))) => (false, json_string(&msg)),
+                let (outcome, body) = match tokio::time::timeout(timeout, fut).await {
+                    Ok(Ok(Ok(value))) => (
+                        Outcome::Ok,
+                        serde_json::to_vec(&value).expect("value serialises"),
+                    ),
+                    Ok(Ok(Err(msg))) => (Outcome::Error, json_string(&msg)),
                     Ok(Err(panic)) => (
-                        false,
+                        Outcome::Error,
                         json_string(&format!("Handler failed: {}", panic_message(&panic))),
                     ),
-                    Err(_) => (false, json_string("Request timed out")),
+                    Err(_) => (Outcome::Timeout, json_string("Request timed out")),
                 };
+                conn.m.call_done(label, outcome, micros(started));
+                let ok = outcome == Outcome::Ok;
                 send_result(&conn, reply_ty, &request_id, ok, &body);
             });
             return Ok(());
@@ -137,6 +147,8 @@ impl ShardCtx {
                     request_id,
                     reply_ty,
                     _pending: PendingGuard::calls(conn),
+                    started,
+                    kind: label,
                 },
             );
             self.send_to_shard(
@@ -157,6 +169,7 @@ impl ShardCtx {
             CallKind::Endpoint => format!("Unknown endpoint: {name}"),
             CallKind::Method => format!("Method not found: {name}"),
         };
+        conn.m.call_done(label, Outcome::Error, micros(started));
         send_result(conn, reply_ty, &request_id, false, &json_string(&what));
         Ok(())
     }
@@ -194,6 +207,7 @@ impl ShardCtx {
             tokio::time::sleep(timeout).await;
             let w = me.calls.borrow_mut().remove(&call_id);
             if let Some(w) = w {
+                me.m.call_done(w.kind, Outcome::Timeout, micros(w.started));
                 if let Some(c) = me.conn(w.key) {
                     send_result(
                         &c,
@@ -231,6 +245,8 @@ impl ShardCtx {
         let Some(w) = self.calls.borrow_mut().remove(&r.call_id) else {
             return; // timed out already
         };
+        let outcome = if r.ok { Outcome::Ok } else { Outcome::Error };
+        self.m.call_done(w.kind, outcome, micros(w.started));
         if let Some(c) = self.conn(w.key) {
             send_result(&c, w.reply_ty, &w.request_id, r.ok, &r.body);
         }
@@ -304,7 +320,11 @@ impl ShardCtx {
         }
         .finish();
         let frame = crate::ws::frame::encode(crate::ws::frame::OpCode::Text, false, &msg);
-        if !self.push(conn, true, &msg, &frame) {
+        let label = match kind {
+            CallKind::Endpoint => OutLabel::Request,
+            CallKind::Method => OutLabel::RpcCall,
+        };
+        if !self.push(conn, label, true, &msg, &frame) {
             self.complete(
                 target,
                 false,
@@ -422,6 +442,7 @@ impl ShardCtx {
             .opt_str("message", msg);
             if let Some(c) = code {
                 o = o.str("code", c.as_str());
+                self.count_code(c);
             }
             conn.send_text(o.finish())
         };
@@ -460,6 +481,11 @@ impl ShardCtx {
         }
         Ok(())
     }
+}
+
+/// Microseconds since `t`.
+fn micros(t: std::time::Instant) -> u64 {
+    t.elapsed().as_micros().min(u64::MAX as u128) as u64
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -96,6 +96,7 @@ impl ShardCtx {
                 return Ok(());
             }
         };
+        self.m.ingested.inc();
         match &self.store {
             Some(queue) => {
                 let (device, scope) = {
@@ -237,6 +238,7 @@ impl ShardCtx {
                     // log and the event; the client learns only that
                     // nothing was stored.
                     if let Some(conn) = &conn {
+                        self.count_code(ErrorCode::StorageUnavailable);
                         conn.send_text(
                             Obj::typed("data_response")
                                 .bool("success", false)

@@ -13,6 +13,7 @@ use super::reply::{clip, Handled};
 use crate::auth::{AuthError, Identity, Op};
 use crate::config::DuplicateDevice;
 use crate::events::Event;
+use crate::metrics::{OutLabel, RejectReason};
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
 use crate::protocol::scan::Msg;
@@ -140,7 +141,7 @@ impl ShardCtx {
         let frame = crate::ws::frame::encode(crate::ws::frame::OpCode::Text, false, payload);
         self.device_conns(device)
             .iter()
-            .filter(|c| self.push(c, true, payload, &frame))
+            .filter(|c| self.push(c, OutLabel::Direct, true, payload, &frame))
             .count()
     }
 
@@ -173,6 +174,9 @@ impl ShardCtx {
         tokio::task::spawn_local(async move {
             tokio::time::sleep(wait).await;
             let Some(c) = current(&weak) else { return };
+            if let Some(ctx) = shard.upgrade() {
+                ctx.count_code(ErrorCode::TokenExpired);
+            }
             c.send_text(
                 Obj::typed("error")
                     .str("code", ErrorCode::TokenExpired.as_str())
@@ -235,6 +239,8 @@ impl ShardCtx {
         self.shared
             .admission
             .note_auth_failure(conn.client_ip.get());
+        self.count_code(ErrorCode::AuthFailed);
+        self.m.rejected[RejectReason::AuthFailed as usize].inc();
         conn.send_text(
             Obj::typed("error")
                 .str("code", ErrorCode::AuthFailed.as_str())
@@ -259,6 +265,7 @@ impl ShardCtx {
             }
             if let Some(c) = code {
                 o = o.str("code", c.as_str());
+                self.count_code(c);
             }
             conn.send_text(o.finish());
         };

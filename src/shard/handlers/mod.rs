@@ -46,6 +46,7 @@ use super::ctx::{Served, ShardCtx, Target, Waiting};
 use super::mesh::ShardMsg;
 use super::seclog::SecEvent;
 use crate::api::{CallKind, Registrant};
+use crate::metrics::{InLabel, OutLabel, RejectReason};
 use crate::protocol::json::Obj;
 use crate::protocol::kind::{Feature, MsgType};
 use crate::protocol::scan::{self, Msg, ScanError};
@@ -130,6 +131,7 @@ impl ShardCtx {
                 }
                 c.close_with(close::POLICY, "authentication timeout");
                 if let Some(ctx) = shard.upgrade() {
+                    ctx.m.rejected[RejectReason::AuthTimeout as usize].inc();
                     ctx.seclog
                         .log(SecEvent::AuthTimeout, ctx.id, c.peer, &c.client_id, || {
                             format!("not authenticated within {timeout:?}")
@@ -141,11 +143,23 @@ impl ShardCtx {
 
     /// A complete message arrived on `conn`.
     pub(crate) fn on_message(&self, conn: &Rc<Conn>, msg: Message) {
+        if let Message::Text(b) | Message::Binary(b) = &msg {
+            self.m.payload_in.add(b.len() as u64);
+        }
         match msg {
-            Message::Text(b) if self.shared.config.echo => conn.send_reply(true, b),
-            Message::Binary(b) if self.shared.config.echo => conn.send_reply(false, b),
+            Message::Text(b) if self.shared.config.echo => {
+                self.received(InLabel::Invalid);
+                conn.send_reply(true, b)
+            }
+            Message::Binary(b) if self.shared.config.echo => {
+                self.received(InLabel::Binary);
+                conn.send_reply(false, b)
+            }
             Message::Text(b) => self.on_text(conn, b),
-            Message::Binary(b) => self.on_binary(conn, b),
+            Message::Binary(b) => {
+                self.received(InLabel::Binary);
+                self.on_binary(conn, b)
+            }
             Message::Close(_) => {}
         }
     }
@@ -158,12 +172,15 @@ impl ShardCtx {
             Ok(m) => {
                 let _ = self.on_msg(conn, &m);
             }
-            Err(e) => self.send_error(conn, e.code(), &e.to_string(), |o| match e {
-                ScanError::TooDeep { max } => {
-                    o.str("limit", "max_json_depth").u64("max", max.into())
-                }
-                _ => o,
-            }),
+            Err(e) => {
+                self.received(InLabel::Invalid)
+                    .send_error(conn, e.code(), &e.to_string(), |o| match e {
+                        ScanError::TooDeep { max } => {
+                            o.str("limit", "max_json_depth").u64("max", max.into())
+                        }
+                        _ => o,
+                    })
+            }
         }
         if members.capacity() <= 1024 {
             *self.members.borrow_mut() = members;
@@ -176,7 +193,7 @@ impl ShardCtx {
         let ty = match m.str("type") {
             Ok(Some(t)) => t,
             Ok(None) => {
-                return Err(self.refuse(
+                return Err(self.received(InLabel::Invalid).refuse(
                     conn,
                     m,
                     ErrorCode::UnknownType,
@@ -185,7 +202,7 @@ impl ShardCtx {
                 ))
             }
             Err(_) => {
-                return Err(self.refuse(
+                return Err(self.received(InLabel::Invalid).refuse(
                     conn,
                     m,
                     ErrorCode::UnknownType,
@@ -195,7 +212,7 @@ impl ShardCtx {
             }
         };
         let Some(kind) = MsgType::parse(&ty) else {
-            return Err(self.refuse(
+            return Err(self.received(InLabel::Invalid).refuse(
                 conn,
                 m,
                 ErrorCode::UnknownType,
@@ -203,6 +220,7 @@ impl ShardCtx {
                 |o| o,
             ));
         };
+        self.received(InLabel::Type(kind));
         let cfg = &self.shared.config;
         if cfg.enable_authentication
             && !kind.allowed_before_auth()
@@ -254,6 +272,13 @@ impl ShardCtx {
         }
     }
 
+    /// Count a received message; returns `self` to chain the reply.
+    #[inline]
+    fn received(&self, l: InLabel) -> &Self {
+        self.m.received[l.index()].inc();
+        self
+    }
+
     /// A message from another shard, the API or the store writer.
     pub(crate) fn on_mail(&self, msg: ShardMsg) {
         match msg {
@@ -272,7 +297,7 @@ impl ShardCtx {
                         .as_deref()
                         .is_none_or(|f| c.client.borrow().client_type.as_deref() == Some(f));
                     if wanted {
-                        self.push(&c, text, &payload, &frame);
+                        self.push(&c, OutLabel::Broadcast, text, &payload, &frame);
                     }
                 }
             }
@@ -285,7 +310,7 @@ impl ShardCtx {
                             false,
                             &payload,
                         );
-                        self.push(&c, true, &payload, &frame)
+                        self.push(&c, OutLabel::Direct, true, &payload, &frame)
                     }
                     None => false,
                 };
@@ -327,6 +352,9 @@ impl ShardCtx {
             }
             ShardMsg::Status(tx) => {
                 let _ = tx.send(self.status());
+            }
+            ShardMsg::Scrape(tx) => {
+                let _ = tx.send(self.levels());
             }
             ShardMsg::StoreDone(done) => self.on_store_done(done),
         }

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use super::reply::Handled;
 use crate::auth::Op;
 use crate::events::Event;
+use crate::metrics::OutLabel;
 use crate::protocol::json::Obj;
 use crate::protocol::kind::MsgType;
 use crate::protocol::scan::Msg;
@@ -107,6 +108,8 @@ impl ShardCtx {
         self.permit(conn, m, Op::Publish, &t)?;
         let data = m.get("data").map_or(&b"null"[..], |d| d.raw());
         let p = Publish::new(&t, data, Some(&conn.client_id), Some((self.id, conn.key)));
+        self.m.publishes.inc();
+        self.topk.borrow_mut().count(&p.topic, 1, 0);
         mesh::fan_out(
             &self.shared.mailboxes,
             p,
@@ -133,14 +136,19 @@ impl ShardCtx {
         let exclude = p.exclude_on(self.id);
         let mut keys = std::mem::take(&mut *self.match_buf.borrow_mut());
         self.subs.borrow().matches(&p.topic, &mut keys);
+        let mut reached = 0;
         for &k in &keys {
             if Some(k) == exclude {
                 continue;
             }
             if let Some(c) = self.conn(k) {
-                self.push(&c, true, &p.payload, &p.frame);
+                self.push(&c, OutLabel::Publish, true, &p.payload, &p.frame);
+                reached += 1;
             }
         }
         *self.match_buf.borrow_mut() = keys;
+        self.m.deliveries.add(reached);
+        self.m.fanout.observe(reached);
+        self.topk.borrow_mut().count(&p.topic, 0, reached);
     }
 }

@@ -67,7 +67,14 @@ impl ShardCtx {
             }
         }
         conn.send_text(extra(o).finish());
+        self.count_code(code);
         self.count_error(conn);
+    }
+
+    /// Count an error code sent (`wshandler_errors_sent_total`).
+    #[inline]
+    pub(super) fn count_code(&self, code: ErrorCode) {
+        self.m.errors[code as usize].inc();
     }
 
     /// Count an error against the connection's budget; close it (1008)

@@ -50,6 +50,7 @@ impl ShardCtx {
                 .str("message", msg);
             if let Some(c) = code {
                 o = o.str("code", c.as_str());
+                self.count_code(c);
             }
             conn.send_text(o.finish());
         };
@@ -233,6 +234,7 @@ impl ShardCtx {
             },
         );
         if failures >= cfg.max_auth_failures {
+            self.m.rejected[crate::metrics::RejectReason::AuthFailed as usize].inc();
             conn.close_with(close::POLICY, "too many failed auth attempts");
             self.seclog.log(
                 SecEvent::AuthLockout,
