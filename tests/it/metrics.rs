@@ -224,3 +224,45 @@ both_drivers!(refusals_are_counted_by_reason, |driver| {
     assert_eq!(get(&s, "wshandler_connections_accepted_total"), 1.0);
     srv.stop().await;
 });
+
+/// `promtool check metrics` (Prometheus's own linter) accepts a scrape
+/// with every family populated: histograms observed, topics counted, the
+/// store on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = proto_config(wshandler::IoDriver::Epoll);
+    cfg.persist = true;
+    cfg.data_dir = dir.path().to_path_buf();
+    let srv = TestServer::start(cfg).await;
+    let mut a = Client::with_type(srv.addr, "microcontroller").await;
+    let r = a.call(json!({"type": "subscribe", "topic": "x.\"quoted\\"})).await;
+    assert_eq!(r["success"], true, "{r}");
+    let r = a
+        .call(json!({"type": "data", "dataType": "sensor", "data": {"v": 1}}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let r = a
+        .call(json!({"type": "publish", "topic": "x.\"quoted\\", "data": 2}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let text = srv.server.metrics_text().await.unwrap();
+    assert!(text.contains("wshandler_topic_publishes_total{topic=\"x.\\\"quoted\\\\\"} 1"), "{text}");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`; tests/run.sh installs it)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n--- scrape:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.stop().await;
+}
