@@ -275,6 +275,24 @@ pub struct Config {
     /// never make 100k series. 0: no per-topic series. At most 1000.
     /// Default 20.
     pub metrics_top_topics: usize,
+    /// The bearer token of the HTTP admin API (`/status`, `/clients`,
+    /// `/publish`, the dashboard, ...), compared in constant time. Unset:
+    /// the admin API answers only on a loopback listener (403
+    /// `admin_disabled` elsewhere). Never printed. Default unset.
+    pub admin_token: Option<String>,
+    /// Serve the HTTP API (admin, `/metrics`, `/ready`, `/health`, the
+    /// dashboard) on this `host:port` instead of `port`, e.g. a private
+    /// interface. WebSocket upgrades are refused there; `port` then serves
+    /// only upgrades, `/health`, `/ready` and `/metrics`. Default unset.
+    pub admin_listen: Option<String>,
+    /// Whether `/ready` and `/metrics` answer without the admin token
+    /// (`/health` always does). Default true: Prometheus and load
+    /// balancers usually scrape without credentials on a private network.
+    pub metrics_public: bool,
+    /// Largest HTTP request body accepted (`POST /publish`, ...), checked
+    /// against `Content-Length` before reading: 413 beyond it. At least
+    /// 64, at most 16 MiB. Default 65536.
+    pub admin_max_body_bytes: usize,
 
     // --- Monitoring ---
     /// Send pings and close connections that stop answering, so dead peers
@@ -410,6 +428,10 @@ impl Default for Config {
             max_pending_requests: 64,
             status_max_clients: 1000,
             metrics_top_topics: 20,
+            admin_token: None,
+            admin_listen: None,
+            metrics_public: true,
+            admin_max_body_bytes: 64 * 1024,
             enable_heartbeat: true,
             heartbeat_interval: Duration::from_secs(30),
             log_level: "info".to_owned(),
@@ -506,6 +528,10 @@ impl fmt::Debug for Config {
             max_pending_requests,
             status_max_clients,
             metrics_top_topics,
+            admin_token,
+            admin_listen,
+            metrics_public,
+            admin_max_body_bytes,
             enable_heartbeat,
             heartbeat_interval,
             log_level,
@@ -585,6 +611,10 @@ impl fmt::Debug for Config {
             .field("max_pending_requests", max_pending_requests)
             .field("status_max_clients", status_max_clients)
             .field("metrics_top_topics", metrics_top_topics)
+            .field("admin_token", &admin_token.as_ref().map(|_| "<redacted>"))
+            .field("admin_listen", admin_listen)
+            .field("metrics_public", metrics_public)
+            .field("admin_max_body_bytes", admin_max_body_bytes)
             .field("enable_heartbeat", enable_heartbeat)
             .field("heartbeat_interval", heartbeat_interval)
             .field("log_level", log_level)
@@ -975,6 +1005,9 @@ impl Config {
         }
         c.auth_tokens = c.auth_tokens.iter().map(AuthToken::redacted).collect();
         c.jwt = c.jwt.redacted();
+        if c.admin_token.is_some() {
+            c.admin_token = Some("<redacted>".to_owned());
+        }
         c
     }
 
@@ -1096,6 +1129,29 @@ impl Config {
             if v < min {
                 return invalid(field, format!("must be at least {min} (got {v})"));
             }
+        }
+        if !(64..=16 << 20).contains(&self.admin_max_body_bytes) {
+            return invalid(
+                "admin_max_body_bytes",
+                format!(
+                    "must be between 64 and 16777216 (got {})",
+                    self.admin_max_body_bytes
+                ),
+            );
+        }
+        if let Some(a) = &self.admin_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return invalid(
+                    "admin_listen",
+                    format!("`{a}` is not an address:port (e.g. 127.0.0.1:9090)"),
+                );
+            }
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return invalid(
+                "admin_token",
+                "must be at least 16 characters (it grants every admin operation)".to_owned(),
+            );
         }
         if self.metrics_top_topics > 1000 {
             return invalid(
@@ -1389,6 +1445,10 @@ const FIELDS: &[(&str, Kind)] = &[
     ("max_pending_requests", Kind::Int),
     ("status_max_clients", Kind::Int),
     ("metrics_top_topics", Kind::Int),
+    ("admin_token", Kind::Str),
+    ("admin_listen", Kind::Str),
+    ("metrics_public", Kind::Bool),
+    ("admin_max_body_bytes", Kind::Int),
     ("enable_heartbeat", Kind::Bool),
     ("heartbeat_interval", Kind::Duration),
     ("log_level", Kind::Str),

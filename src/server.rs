@@ -23,13 +23,13 @@ use crate::events::Event;
 use crate::protocol::stream as stream_msg;
 use crate::shard::driver::listen;
 pub use crate::shard::driver::listen::BindError;
-use crate::shard::mesh::{self, Publish, ShardMsg};
+use crate::shard::mesh::{self, ShardMsg};
+use crate::shard::ops::{self, OpError, Target};
 use crate::shard::shared::Shared;
 use crate::shard::{self, DriverKind, ShardHandle, ShardSpec, StartError};
 pub use crate::status::{ClientInfo, ShardStatus, Status};
 use crate::store::StoreRuntime;
 use crate::tls::TlsReloader;
-use crate::ws::frame::{self, OpCode};
 
 /// Why the server could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,19 @@ pub enum ApiError {
     UnknownDevice(String),
 }
 
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> ApiError {
+        match e {
+            OpError::NotRunning => ApiError::NotRunning,
+            OpError::UnknownClient(c) => ApiError::UnknownClient(c),
+            OpError::UnknownDevice(d) => ApiError::UnknownDevice(d),
+            OpError::Timeout => ApiError::Timeout,
+            OpError::Client(m) => ApiError::Client(m),
+            OpError::Invalid(m) => ApiError::Invalid(m),
+        }
+    }
+}
+
 /// The WebSocket server (the seed's `WebSocketHandler`).
 #[derive(Debug)]
 pub struct WebSocketHandler {
@@ -109,6 +122,8 @@ pub struct WebSocketHandler {
     addr: Option<SocketAddr>,
     /// Where TLS is served (`addr` itself without `tls_port`).
     tls_addr: Option<SocketAddr>,
+    /// Where `admin_listen` listens, if set.
+    admin_addr: Option<SocketAddr>,
     /// Stops the certificate watcher (dropping it), and its thread.
     tls_watch: Option<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)>,
     driver: Option<DriverKind>,
@@ -135,6 +150,7 @@ impl WebSocketHandler {
             shards: Vec::new(),
             addr: None,
             tls_addr: None,
+            admin_addr: None,
             tls_watch: None,
             driver: None,
             events: Arc::default(),
@@ -172,6 +188,18 @@ impl WebSocketHandler {
             (None, _) => (Vec::new(), None),
         };
         tls_listeners.resize_with(n, || None);
+        // The HTTP API on its own address, served by shard 0.
+        let (mut admin_listener, admin_addr) = match &config.admin_listen {
+            Some(a) => {
+                let sa: SocketAddr = a.parse().expect("validated");
+                let mut ls =
+                    listen::bind_all(&sa.ip().to_string(), sa.port(), 1, config.listen_backlog)?;
+                let l = ls.pop().expect("one listener");
+                let actual = listen::local_addr(&l, sa.port())?;
+                (Some(l), Some(actual))
+            }
+            None => (None, None),
+        };
         let listener_tls = tls.is_some() && config.tls_port.is_none();
         let (mailboxes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| mesh::mailbox()).unzip();
         let field_key = self.load_field_key()?;
@@ -218,6 +246,7 @@ impl WebSocketHandler {
                 listener,
                 listener_tls,
                 tls_listener,
+                admin_listener: admin_listener.take(),
                 shared: shared.clone(),
                 driver: self.config.io_driver,
                 core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
@@ -252,6 +281,7 @@ impl WebSocketHandler {
         }
         self.addr = Some(addr);
         self.tls_addr = tls_addr;
+        self.admin_addr = admin_addr;
         self.driver = driver;
         if let Some(tls) = tls.filter(|_| !watch_every.is_zero()) {
             self.tls_watch = Some(spawn_tls_watch(tls, watch_every));
@@ -337,6 +367,11 @@ impl WebSocketHandler {
     /// when that port is TLS only.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The address of the HTTP API listener (`admin_listen`), once started.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Read the TLS certificate, key and client CA files again (what SIGHUP
@@ -686,27 +721,20 @@ impl Handle {
         device_id: &str,
         data: &serde_json::Value,
     ) -> Result<usize, ApiError> {
-        let shared = self.running()?;
         let payload = Bytes::from(serde_json::to_vec(data).expect("value serialises"));
-        let device: Arc<str> = Arc::from(device_id);
-        let mut acks = Vec::with_capacity(shared.mailboxes.len());
-        for mb in &shared.mailboxes {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            mb.send(ShardMsg::SendToDevice {
-                device: device.clone(),
-                payload: payload.clone(),
-                ack: tx,
-            });
-            acks.push(rx);
-        }
-        let mut n = 0;
-        for rx in acks {
-            n += rx.await.unwrap_or(0);
-        }
-        if n == 0 {
-            return Err(ApiError::UnknownDevice(device_id.to_owned()));
-        }
-        Ok(n)
+        Ok(ops::send(&self.shared, Target::Device(device_id), payload).await?)
+    }
+
+    /// Close client `client_id` with `code` (1000 or 4000–4999) and
+    /// `reason` (at most 123 bytes).
+    pub async fn disconnect_client(
+        &self,
+        client_id: &str,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        ops::disconnect(&self.shared, Target::Client(client_id), code, reason).await?;
+        Ok(())
     }
 
     /// The server, unless `stop()` was called (or it was dropped).
@@ -717,14 +745,6 @@ impl Handle {
         Ok(&self.shared)
     }
 
-    fn owner(&self, client_id: &str) -> Result<(&Arc<Shared>, usize, u64), ApiError> {
-        let shared = self.running()?;
-        let (shard, key) = shared
-            .route(client_id)
-            .ok_or_else(|| ApiError::UnknownClient(client_id.to_owned()))?;
-        Ok((shared, shard, key))
-    }
-
     /// Publish `data` on `topic` to every matching subscriber on every
     /// shard, except `exclude_client_id`.
     pub fn publish(
@@ -733,15 +753,8 @@ impl Handle {
         data: &serde_json::Value,
         exclude_client_id: Option<&str>,
     ) -> Result<(), ApiError> {
-        let shared = self.running()?;
-        crate::protocol::topic::validate_publish(topic)
-            .map_err(|e| ApiError::Invalid(e.to_string()))?;
-        let exclude = exclude_client_id.and_then(|c| shared.route(c));
         let data = serde_json::to_vec(data).expect("value serialises");
-        let p = Publish::new(topic, &data, Some("server"), exclude);
-        shared.api_publishes.fetch_add(1, Ordering::Relaxed);
-        mesh::fan_out(&shared.mailboxes, p, None);
-        Ok(())
+        Ok(ops::publish(&self.shared, topic, &data, exclude_client_id)?)
     }
 
     /// Send `data` (JSON) to one client. Fails if it is not connected.
@@ -755,17 +768,8 @@ impl Handle {
     }
 
     async fn send_raw(&self, client_id: &str, payload: Bytes) -> Result<(), ApiError> {
-        let (shared, shard, key) = self.owner(client_id)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        shared.mailboxes[shard].send(ShardMsg::SendTo {
-            key,
-            payload,
-            ack: Some(tx),
-        });
-        match rx.await {
-            Ok(true) => Ok(()),
-            _ => Err(ApiError::UnknownClient(client_id.to_owned())),
-        }
+        ops::send(&self.shared, Target::Client(client_id), payload).await?;
+        Ok(())
     }
 
     /// Send a `request` to a client and wait for its `response` (at most
@@ -776,21 +780,8 @@ impl Handle {
         endpoint: &str,
         data: &serde_json::Value,
     ) -> Result<serde_json::Value, ApiError> {
-        let (shared, shard, key) = self.owner(client_id)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        shared.mailboxes[shard].send(ShardMsg::RequestClient {
-            key,
-            kind: CallKind::Endpoint,
-            name: endpoint.to_owned(),
-            body: Bytes::from(serde_json::to_vec(data).expect("value serialises")),
-            reply: tx,
-        });
-        match tokio::time::timeout(shared.config.request_timeout, rx).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(msg))) => Err(ApiError::Client(msg)),
-            Ok(Err(_)) => Err(ApiError::UnknownClient(client_id.to_owned())),
-            Err(_) => Err(ApiError::Timeout),
-        }
+        let body = Bytes::from(serde_json::to_vec(data).expect("value serialises"));
+        Ok(ops::request(&self.shared, Target::Client(client_id), endpoint, body).await?)
     }
 
     /// The seed's `broadcastToAll(message, clientTypeFilter)`.
@@ -812,19 +803,7 @@ impl Handle {
         payload: Bytes,
         filter: Option<&str>,
     ) -> Result<(), ApiError> {
-        let shared = self.running()?;
-        let opcode = if text { OpCode::Text } else { OpCode::Binary };
-        let frame = frame::encode(opcode, false, &payload);
-        let filter: Option<Arc<str>> = filter.map(Into::into);
-        for m in &shared.mailboxes {
-            m.send(ShardMsg::Broadcast {
-                text,
-                payload: payload.clone(),
-                frame: frame.clone(),
-                filter: filter.clone(),
-            });
-        }
-        Ok(())
+        Ok(ops::broadcast(&self.shared, text, payload, filter)?)
     }
 
     /// See [`WebSocketHandler::get_status`].

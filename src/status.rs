@@ -26,6 +26,8 @@ pub struct ClientInfo {
     pub messages_in: u64,
     /// Messages queued to it.
     pub messages_out: u64,
+    /// Bytes waiting in its out-queue now.
+    pub queue_bytes: u64,
 }
 
 /// One shard's part of the status.

@@ -253,6 +253,10 @@ pub struct StoreMetrics {
     pub batch_size: Histogram<12>,
     /// Commit (write batch) latency, microseconds.
     pub commit_latency: Histogram<16>,
+    /// The last write batch failed (cleared by the next that succeeds).
+    pub failing: std::sync::atomic::AtomicBool,
+    /// The writer thread has exited.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Default for StoreMetrics {
@@ -262,6 +266,8 @@ impl Default for StoreMetrics {
             write_errors: Counter::default(),
             batch_size: Histogram::new(&BATCH_BUCKETS),
             commit_latency: Histogram::new(&LATENCY_BUCKETS_US),
+            failing: Default::default(),
+            stopped: Default::default(),
         }
     }
 }

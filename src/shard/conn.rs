@@ -33,6 +33,7 @@ use super::client::{Conn, CLOSE_TIMEOUT};
 use super::ctx::ShardCtx;
 use super::driver::tls::TlsStream;
 use super::driver::Stream;
+use super::http;
 use super::seclog::SecEvent;
 use crate::events::Event;
 use crate::metrics::{CloseLabel, RejectReason};
@@ -67,6 +68,23 @@ enum End {
 pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardCtx>) {
     let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
     serve_upgraded(stream, peer, ctx, deadline, None).await
+}
+
+/// Serve one connection accepted on `admin_listen`: one HTTP request
+/// (no upgrades there).
+pub(crate) async fn serve_admin<S: Stream>(stream: S, peer: SocketAddr, ctx: Rc<ShardCtx>) {
+    let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout;
+    let mut buf = BytesMut::new();
+    let _ = Box::pin(handshake_phase(
+        &stream,
+        &mut buf,
+        peer,
+        &ctx,
+        deadline,
+        http::Listener::Admin,
+    ))
+    .await;
+    Box::pin(linger(&stream)).await;
 }
 
 /// Serve one accepted TCP connection on a TLS listener: the TLS handshake,
@@ -161,7 +179,15 @@ async fn serve_upgraded<S: Stream>(
         credential,
         ticket,
         client_ip,
-    }) = Box::pin(handshake_phase(&*stream, &mut buf, peer, &ctx, deadline)).await
+    }) = Box::pin(handshake_phase(
+        &*stream,
+        &mut buf,
+        peer,
+        &ctx,
+        deadline,
+        http::Listener::Main,
+    ))
+    .await
     else {
         Box::pin(linger(&*stream)).await;
         return;
@@ -264,6 +290,7 @@ async fn handshake_phase<S: Stream>(
     peer: SocketAddr,
     ctx: &ShardCtx,
     deadline: tokio::time::Instant,
+    on: http::Listener,
 ) -> Option<Upgraded> {
     let (req, head_len) = loop {
         match handshake::parse_request(buf) {
@@ -291,6 +318,18 @@ async fn handshake_phase<S: Stream>(
         }
     };
     bytes::Buf::advance(buf, head_len);
+    if http::is_route(&req, on) {
+        http::serve(stream, &req, buf, ctx, deadline, on).await;
+        return None;
+    }
+    if on == http::Listener::Admin {
+        let r = Rejection {
+            status: 400,
+            message: "WebSocket upgrades are not served on admin_listen".into(),
+        };
+        write_all(stream, handshake::reject_response(&r).into()).await;
+        return None;
+    }
     match req.decide() {
         Decision::Health => {
             let body = ctx.shared.health_json();
@@ -429,21 +468,7 @@ fn origin_clip(o: &str) -> &str {
 /// or if the peer has not taken it within [`CLOSE_TIMEOUT`]: a peer that
 /// never reads cannot hold the connection open.
 async fn write_all<S: Stream>(stream: &S, b: Bytes) -> bool {
-    let write = async move {
-        let mut b = b;
-        while !b.is_empty() {
-            let (res, mut v) = stream.writev(vec![b]).await;
-            b = v.pop().unwrap_or_default();
-            match res {
-                Ok(n) if n > 0 => bytes::Buf::advance(&mut b, n),
-                _ => return false,
-            }
-        }
-        true
-    };
-    tokio::time::timeout(CLOSE_TIMEOUT, write)
-        .await
-        .unwrap_or(false)
+    super::driver::write_all(stream, b, CLOSE_TIMEOUT).await
 }
 
 /// After our FIN, read and discard until the peer closes (or a short

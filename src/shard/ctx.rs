@@ -279,6 +279,7 @@ impl ShardCtx {
                     },
                     messages_in: c.msgs_in.get(),
                     messages_out: c.msgs_out.get(),
+                    queue_bytes: c.out.borrow().bytes() as u64,
                 }
             })
             .collect();

@@ -76,11 +76,40 @@ pub(crate) enum ShardMsg {
     },
     /// Report this shard's connections.
     Status(tokio::sync::oneshot::Sender<ShardStatus>),
+    /// Close connections (`who`) with `code` and `reason`; `ack` learns
+    /// how many.
+    Disconnect {
+        who: Who,
+        code: u16,
+        reason: Arc<str>,
+        ack: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// The most recent connection of `device` here: when it connected and
+    /// its key.
+    FindDevice {
+        device: Arc<str>,
+        ack: tokio::sync::oneshot::Sender<Option<(std::time::Instant, u64)>>,
+    },
+    /// This shard's subscription patterns starting with `prefix`, with
+    /// their subscriber counts.
+    Topics {
+        prefix: Box<str>,
+        ack: tokio::sync::oneshot::Sender<Vec<(String, u64)>>,
+    },
     /// Report this shard's levels for a metrics scrape.
     Scrape(tokio::sync::oneshot::Sender<crate::metrics::ShardLevels>),
     /// The store writer finished records sent from this shard (or has room
     /// again for records this shard parked).
     StoreDone(Vec<Completion>),
+}
+
+/// Which connections a [`ShardMsg::Disconnect`] closes.
+#[derive(Debug, Clone)]
+pub(crate) enum Who {
+    /// The connection with this key on the shard.
+    Key(u64),
+    /// Every connection of this device on the shard.
+    Device(Arc<str>),
 }
 
 /// One `publish` message, encoded once for every subscriber on every shard.

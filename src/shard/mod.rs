@@ -22,8 +22,10 @@ pub(crate) mod ctx;
 pub(crate) mod driver;
 pub(crate) mod handlers;
 pub(crate) mod harness;
+pub(crate) mod http;
 pub(crate) mod mesh;
 pub(crate) mod notify;
+pub(crate) mod ops;
 #[cfg(test)]
 mod protocol_tests;
 pub(crate) mod scrape;
@@ -94,6 +96,8 @@ pub(crate) struct ShardSpec {
     pub(crate) listener_tls: bool,
     /// The TLS listener beside a plain `listener` (`tls_port`).
     pub(crate) tls_listener: Option<std::net::TcpListener>,
+    /// The HTTP API's own listener (`admin_listen`; shard 0 only).
+    pub(crate) admin_listener: Option<std::net::TcpListener>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) driver: IoDriver,
     pub(crate) core: Option<core_affinity::CoreId>,
@@ -148,6 +152,9 @@ fn shard_main(
                         tls: spec
                             .tls_listener
                             .map(driver::uring::UringListener::from_std),
+                        admin: spec
+                            .admin_listener
+                            .map(driver::uring::UringListener::from_std),
                     };
                     run(
                         spec.id,
@@ -185,12 +192,21 @@ fn shard_main(
             .tls_listener
             .map(driver::epoll::EpollListener::from_std)
             .transpose();
-        match (driver::epoll::EpollListener::from_std(spec.listener), tls) {
-            (Ok(main), Ok(tls)) => {
+        let admin = spec
+            .admin_listener
+            .map(driver::epoll::EpollListener::from_std)
+            .transpose();
+        match (
+            driver::epoll::EpollListener::from_std(spec.listener),
+            tls,
+            admin,
+        ) {
+            (Ok(main), Ok(tls), Ok(admin)) => {
                 let listeners = Listeners {
                     main,
                     main_tls: spec.listener_tls,
                     tls,
+                    admin,
                 };
                 run(
                     spec.id,
@@ -202,7 +218,7 @@ fn shard_main(
                 )
                 .await
             }
-            (Err(e), _) | (_, Err(e)) => {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let _ = ready.send(Err(StartError::Register(e)));
             }
         }
@@ -215,11 +231,23 @@ struct Listeners<L> {
     main: L,
     main_tls: bool,
     tls: Option<L>,
+    admin: Option<L>,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    /// WebSocket (and the public HTTP routes), plain.
+    Plain,
+    /// The same over TLS.
+    Tls,
+    /// The HTTP API only (`admin_listen`).
+    Admin,
 }
 
 /// Accept on `listener` until the shard stops; each connection is served
 /// by its own task, through TLS first if `tls`.
-async fn accept_loop<L: Listener>(listener: L, tls: bool, ctx: Rc<ShardCtx>) {
+async fn accept_loop<L: Listener>(listener: L, serves: Serves, ctx: Rc<ShardCtx>) {
     let id = ctx.id;
     let stopped = ctx.stop.notified();
     tokio::pin!(stopped);
@@ -229,12 +257,17 @@ async fn accept_loop<L: Listener>(listener: L, tls: bool, ctx: Rc<ShardCtx>) {
         }
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) if tls => {
-                    tokio::task::spawn_local(conn::serve_tls(stream, peer, ctx.clone()));
-                }
-                Ok((stream, peer)) => {
-                    tokio::task::spawn_local(conn::serve(stream, peer, ctx.clone()));
-                }
+                Ok((stream, peer)) => match serves {
+                    Serves::Plain => {
+                        tokio::task::spawn_local(conn::serve(stream, peer, ctx.clone()));
+                    }
+                    Serves::Tls => {
+                        tokio::task::spawn_local(conn::serve_tls(stream, peer, ctx.clone()));
+                    }
+                    Serves::Admin => {
+                        tokio::task::spawn_local(conn::serve_admin(stream, peer, ctx.clone()));
+                    }
+                },
                 Err(e) => {
                     // EMFILE/ENFILE: back off briefly instead of spinning.
                     warn!(shard = id, error = %e, "accept failed");
@@ -274,6 +307,7 @@ async fn run<L: Listener>(
         .enable_heartbeat
         .then(|| tokio::task::spawn_local(heartbeat(ctx.clone())));
     let _ = ready.send(Ok(kind));
+    ctx.shared.running[id].store(true, Ordering::Release);
     debug!(shard = id, driver = %kind, "listening");
 
     // Both loops in this task, never cancelled before the stop: an accept
@@ -283,13 +317,21 @@ async fn run<L: Listener>(
         main,
         main_tls,
         tls,
+        admin,
     } = listeners;
     let extra = async {
         if let Some(l) = tls {
-            accept_loop(l, true, ctx.clone()).await;
+            accept_loop(l, Serves::Tls, ctx.clone()).await;
         }
     };
-    tokio::join!(accept_loop(main, main_tls, ctx.clone()), extra);
+    let admin = async {
+        if let Some(l) = admin {
+            accept_loop(l, Serves::Admin, ctx.clone()).await;
+        }
+    };
+    let main_serves = if main_tls { Serves::Tls } else { Serves::Plain };
+    tokio::join!(accept_loop(main, main_serves, ctx.clone()), extra, admin);
+    ctx.shared.running[id].store(false, Ordering::Release);
 
     // Graceful drain: 1001 to everyone, then wait for the close handshakes.
     let open = ctx.snapshot();

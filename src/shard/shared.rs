@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<Arc<TlsReloader>>,
     /// Each shard's counters (index: shard id), read by scrapes.
     pub(crate) metrics: Vec<Arc<ShardMetrics>>,
+    /// Which shards are running their accept loops (index: shard id).
+    pub(crate) running: Vec<AtomicBool>,
     /// Publishes made through the API (HTTP or `Handle`), off any shard.
     pub(crate) api_publishes: std::sync::atomic::AtomicU64,
 }
@@ -86,6 +88,7 @@ impl Shared {
             tls: None,
             metrics: (0..shards).map(|_| Arc::default()).collect(),
             api_publishes: Default::default(),
+            running: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -107,6 +110,11 @@ impl Shared {
         let shard: usize = parts.next()?.parse().ok()?;
         let instance = parts.next()?;
         (instance == self.instance && shard < self.mailboxes.len()).then_some((shard, key))
+    }
+
+    /// The first shard that is not running its accept loops, if any.
+    pub(crate) fn shard_down(&self) -> Option<usize> {
+        self.running.iter().position(|r| !r.load(Ordering::Acquire))
     }
 
     /// The body of `GET /health`.

@@ -252,6 +252,18 @@ impl StoreHandle {
         &self.metrics
     }
 
+    /// Why the store cannot take records now, if it cannot: the writer
+    /// stopped, or its last write batch failed.
+    pub(crate) fn unwritable(&self) -> Option<&'static str> {
+        if self.metrics.stopped.load(Ordering::Acquire) {
+            Some("the writer has stopped")
+        } else if self.metrics.failing.load(Ordering::Acquire) {
+            Some("the last write batch failed")
+        } else {
+            None
+        }
+    }
+
     /// Records in the writer's channel now.
     pub(crate) fn queued(&self) -> usize {
         self.tx.len()

@@ -236,6 +236,9 @@ impl Writer {
         if let Err(e) = self.store.db().flush_wal(true) {
             warn!(error = %e, "flushing the WAL at shutdown failed");
         }
+        self.metrics
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         info!("store writer stopped");
     }
 
@@ -348,6 +351,9 @@ impl Writer {
             } else {
                 self.metrics.write_errors.add(fresh);
             }
+            self.metrics
+                .failing
+                .store(written.is_err(), std::sync::atomic::Ordering::Release);
             if let Err(e) = written {
                 error!(error = %e, records = batch.len(), "write batch failed");
                 self.counters = before;

@@ -51,6 +51,10 @@ pub struct Request {
     pub authorization: Option<String>,
     /// Every `X-Forwarded-For` header value, in order.
     pub forwarded_for: Vec<String>,
+    /// `Content-Length` header, as sent (plain HTTP requests with a body).
+    pub content_length: Option<String>,
+    /// `Transfer-Encoding` header, as sent.
+    pub transfer_encoding: Option<String>,
 }
 
 impl Request {
@@ -67,6 +71,12 @@ impl Request {
     /// The path without its query string.
     pub fn path_only(&self) -> &str {
         self.path.split_once('?').map_or(&self.path, |(p, _)| p)
+    }
+
+    /// A path segment or query value with its `%XX` escapes (and `+`)
+    /// decoded; `None` on a bad escape or invalid UTF-8.
+    pub fn decode_component(s: &str) -> Option<String> {
+        percent_decode(s)
     }
 
     /// The first value of query parameter `name`, percent-decoded (`+` is a
@@ -150,6 +160,16 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeEr
             r.authorization = Some(value());
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             r.forwarded_for.push(value());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if r.content_length.is_some() {
+                // Two lengths: a request-smuggling shape. Refuse it.
+                return Err(HandshakeError::Malformed(
+                    "more than one Content-Length header".into(),
+                ));
+            }
+            r.content_length = Some(value());
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            r.transfer_encoding = Some(value());
         }
     }
     Ok(Some((r, n)))

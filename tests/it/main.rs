@@ -6,6 +6,7 @@ mod client;
 mod crash;
 mod util;
 
+mod admin;
 mod cli;
 mod deflate;
 mod frames;

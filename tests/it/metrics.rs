@@ -236,7 +236,9 @@ async fn promtool_accepts_the_scrape() {
     cfg.data_dir = dir.path().to_path_buf();
     let srv = TestServer::start(cfg).await;
     let mut a = Client::with_type(srv.addr, "microcontroller").await;
-    let r = a.call(json!({"type": "subscribe", "topic": "x.\"quoted\\"})).await;
+    let r = a
+        .call(json!({"type": "subscribe", "topic": "x.\"quoted\\"}))
+        .await;
     assert_eq!(r["success"], true, "{r}");
     let r = a
         .call(json!({"type": "data", "dataType": "sensor", "data": {"v": 1}}))
@@ -247,7 +249,10 @@ async fn promtool_accepts_the_scrape() {
         .await;
     assert_eq!(r["success"], true, "{r}");
     let text = srv.server.metrics_text().await.unwrap();
-    assert!(text.contains("wshandler_topic_publishes_total{topic=\"x.\\\"quoted\\\\\"} 1"), "{text}");
+    assert!(
+        text.contains("wshandler_topic_publishes_total{topic=\"x.\\\"quoted\\\\\"} 1"),
+        "{text}"
+    );
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -256,7 +261,12 @@ async fn promtool_accepts_the_scrape() {
         .spawn()
         .expect("promtool (Debian package `prometheus`; tests/run.sh installs it)");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -33,6 +33,24 @@ pub(crate) trait Stream: 'static {
     fn shutdown_write(&self);
 }
 
+/// Write `b` completely; false on error, or if the peer has not taken it
+/// within `limit` (a peer that never reads cannot hold a task forever).
+pub(crate) async fn write_all<S: Stream>(stream: &S, b: Bytes, limit: std::time::Duration) -> bool {
+    let write = async move {
+        let mut b = b;
+        while !b.is_empty() {
+            let (res, mut v) = stream.writev(vec![b]).await;
+            b = v.pop().unwrap_or_default();
+            match res {
+                Ok(n) if n > 0 => bytes::Buf::advance(&mut b, n),
+                _ => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(limit, write).await.unwrap_or(false)
+}
+
 /// A listening socket on one shard.
 pub(crate) trait Listener: 'static {
     /// The stream type it produces.

@@ -118,7 +118,7 @@ impl ShardCtx {
     }
 
     /// This shard's live connections of `device`.
-    fn device_conns(&self, device: &str) -> Vec<Rc<Conn>> {
+    pub(super) fn device_conns(&self, device: &str) -> Vec<Rc<Conn>> {
         let idx = self.devices.borrow();
         let keys = idx.get(device).map_or(&[][..], Vec::as_slice);
         keys.iter().filter_map(|&k| self.conn(k)).collect()

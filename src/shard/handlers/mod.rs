@@ -43,7 +43,7 @@ use bytes::Bytes;
 use self::reply::Handled;
 use super::client::Conn;
 use super::ctx::{Served, ShardCtx, Target, Waiting};
-use super::mesh::ShardMsg;
+use super::mesh::{ShardMsg, Who};
 use super::seclog::SecEvent;
 use crate::api::{CallKind, Registrant};
 use crate::metrics::{InLabel, OutLabel, RejectReason};
@@ -355,6 +355,40 @@ impl ShardCtx {
             }
             ShardMsg::Scrape(tx) => {
                 let _ = tx.send(self.levels());
+            }
+            ShardMsg::Disconnect {
+                who,
+                code,
+                reason,
+                ack,
+            } => {
+                let conns = match who {
+                    Who::Key(k) => self.conn(k).into_iter().collect(),
+                    Who::Device(d) => self.device_conns(&d),
+                };
+                for c in &conns {
+                    c.close_with(code, &reason);
+                }
+                let _ = ack.send(conns.len());
+            }
+            ShardMsg::FindDevice { device, ack } => {
+                let newest = self
+                    .device_conns(&device)
+                    .iter()
+                    .map(|c| (c.connected_at, c.key))
+                    .max();
+                let _ = ack.send(newest);
+            }
+            ShardMsg::Topics { prefix, ack } => {
+                let mut counts: std::collections::HashMap<String, u64> = Default::default();
+                for c in self.snapshot() {
+                    for s in c.client.borrow().subs.iter() {
+                        if s.starts_with(&*prefix) {
+                            *counts.entry(s.to_string()).or_insert(0) += 1;
+                        }
+                    }
+                }
+                let _ = ack.send(counts.into_iter().collect());
             }
             ShardMsg::StoreDone(done) => self.on_store_done(done),
         }
