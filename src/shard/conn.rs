@@ -187,6 +187,7 @@ async fn serve_upgraded<S: Stream>(
         client_id: conn.client_id.clone(),
         remote_addr: peer,
     });
+    ctx.connlog.opened();
     debug!(client = %conn.client_id, %peer, "connected");
 
     ctx.on_open_with(&conn, credential);
@@ -230,6 +231,7 @@ impl Drop for Slot {
         // Before the count and the event: whoever sees either may connect again.
         drop(self.ticket.take());
         ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
+        ctx.connlog.closed();
         let duration = conn.connected_at.elapsed().as_millis() as u64;
         ctx.shared.events.emit(|| Event::ClientDisconnected {
             client_id: conn.client_id.clone(),
@@ -294,6 +296,7 @@ async fn handshake_phase<S: Stream>(
             None
         }
         Decision::Reject(r) => {
+            ctx.connlog.refused();
             debug!(status = r.status, reason = %r.message, "handshake refused");
             write_all(stream, handshake::reject_response(&r).into()).await;
             None
@@ -309,6 +312,7 @@ async fn handshake_phase<S: Stream>(
                 match shared.admission.admit(client_ip, req.origin.as_deref()) {
                     Ok(t) => t,
                     Err(r) => {
+                        ctx.connlog.refused();
                         refuse_upgrade(stream, ctx, peer, client_ip, &r).await;
                         return None;
                     }
@@ -328,6 +332,8 @@ async fn handshake_phase<S: Stream>(
                 None
             };
             if let Some(message) = refuse {
+                ctx.connlog.refused();
+                debug!(%peer, reason = %message, "handshake refused");
                 let r = Rejection {
                     status: 503,
                     message,
