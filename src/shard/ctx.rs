@@ -17,6 +17,7 @@ use super::mesh::ShardMsg;
 use super::notify::LocalNotify;
 use super::seclog::{self, SecEvent};
 use super::shared::Shared;
+use super::tap::Taps;
 use crate::api::HandlerResult;
 use crate::events::Event;
 use crate::protocol::scan::Member;
@@ -84,6 +85,8 @@ pub(crate) struct ShardCtx {
     pub(crate) seclog: seclog::SecLog,
     /// Connection churn since the last summary line.
     pub(crate) connlog: ConnLog,
+    /// The dashboard's live tails of topics (usually none).
+    pub(crate) taps: Taps,
     /// Secret key that makes server-issued request ids unguessable.
     pub(crate) id_key: std::hash::RandomState,
     /// Calls made by local clients, waiting for a result from a service.
@@ -121,6 +124,7 @@ impl ShardCtx {
             match_buf: RefCell::new(Vec::new()),
             seclog: seclog::SecLog::default(),
             connlog: ConnLog::default(),
+            taps: Taps::default(),
             id_key: std::hash::RandomState::new(),
             calls: RefCell::new(HashMap::new()),
             served: RefCell::new(HashMap::new()),

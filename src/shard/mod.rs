@@ -30,6 +30,7 @@ mod protocol_tests;
 pub(crate) mod scrape;
 pub(crate) mod seclog;
 pub(crate) mod shared;
+pub(crate) mod tap;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
