@@ -49,6 +49,9 @@ pub const RESERVED_ENV: &[&str] = &["WSH_CONFIG", "WSH_LOG", "WSH_ENCRYPTION_KEY
 /// Log levels accepted by `log_level`, most to least verbose.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
+/// Log formats accepted by `log_format`.
+pub const LOG_FORMATS: &[&str] = &["text", "json"];
+
 /// The complete server configuration.
 ///
 /// Field names are the TOML keys; the environment variable for a field is
@@ -306,6 +309,10 @@ pub struct Config {
     /// Log verbosity: one of `trace`, `debug`, `info`, `warn`, `error`.
     /// Default `info`.
     pub log_level: String,
+    /// Log line format: `text` (human-readable) or `json` (one JSON object
+    /// per line: timestamp, level, target, fields; for log shippers).
+    /// Default `text`.
+    pub log_format: String,
 
     // --- Storage ---
     /// Directory holding the on-disk store; created if missing.
@@ -435,6 +442,7 @@ impl Default for Config {
             enable_heartbeat: true,
             heartbeat_interval: Duration::from_secs(30),
             log_level: "info".to_owned(),
+            log_format: "text".to_owned(),
             echo: false,
             drain_timeout: Duration::from_secs(5),
             data_dir: PathBuf::from("./wshandler-data"),
@@ -535,6 +543,7 @@ impl fmt::Debug for Config {
             enable_heartbeat,
             heartbeat_interval,
             log_level,
+            log_format,
             echo,
             drain_timeout,
             data_dir,
@@ -618,6 +627,7 @@ impl fmt::Debug for Config {
             .field("enable_heartbeat", enable_heartbeat)
             .field("heartbeat_interval", heartbeat_interval)
             .field("log_level", log_level)
+            .field("log_format", log_format)
             .field("echo", echo)
             .field("drain_timeout", drain_timeout)
             .field("data_dir", data_dir)
@@ -1172,6 +1182,16 @@ impl Config {
                 ),
             );
         }
+        if !LOG_FORMATS.contains(&self.log_format.as_str()) {
+            return invalid(
+                "log_format",
+                format!(
+                    "must be one of {} (got `{}`)",
+                    LOG_FORMATS.join(", "),
+                    self.log_format
+                ),
+            );
+        }
         if self.host.is_empty() {
             return invalid("host", "must not be empty".to_owned());
         }
@@ -1452,6 +1472,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("enable_heartbeat", Kind::Bool),
     ("heartbeat_interval", Kind::Duration),
     ("log_level", Kind::Str),
+    ("log_format", Kind::Str),
     ("data_dir", Kind::Str),
     ("db_table_name", Kind::Str),
     ("persist", Kind::Bool),

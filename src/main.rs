@@ -116,6 +116,9 @@ struct ServeArgs {
     /// Log level: trace, debug, info, warn, error.
     #[arg(long)]
     log_level: Option<String>,
+    /// Log format: text or json (one JSON object per line).
+    #[arg(long)]
+    log_format: Option<String>,
     /// Directory of the on-disk store (default ./wshandler-data, relative to
     /// the working directory).
     #[arg(long)]
@@ -160,6 +163,9 @@ impl ServeArgs {
         if let Some(l) = &self.log_level {
             o.push(("log_level".into(), l.clone()));
         }
+        if let Some(f) = &self.log_format {
+            o.push(("log_format".into(), f.clone()));
+        }
         if let Some(d) = &self.data_dir {
             o.push(("data_dir".into(), d.display().to_string()));
         }
@@ -180,17 +186,27 @@ impl ServeArgs {
 }
 
 /// Logs go to stderr: stdout carries the "listening on" line tools read
-/// for the port, and the records `query` prints.
-fn init_logging(level: &str) {
+/// for the port, and the records `query` prints. `json`: one object per
+/// line (`timestamp`, `level`, `target`, `fields`), the event's fields
+/// (`client`, `shard`, `code`, ...) flattened beside the message.
+fn init_logging(level: &str, format: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WSH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("wshandler={level},warn")));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        fmt.with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 }
 
 fn main() -> ExitCode {
@@ -233,7 +249,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&cfg.log_level);
+            init_logging(&cfg.log_level, &cfg.log_format);
             report(serve(cfg, args))
         }
     }

@@ -63,6 +63,24 @@ pub fn validate_publish(t: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether one (valid) `pattern` matches the publish `topic`: what a
+/// [`SubTrie`] computes for many patterns at once, for a single one (the
+/// dashboard's tail).
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let mut t = topic.split('.');
+    let mut p = pattern.split('.').peekable();
+    while let Some(ps) = p.next() {
+        if ps == ">" && p.peek().is_none() {
+            return t.next().is_some();
+        }
+        match t.next() {
+            Some(ts) if ps == "*" || ps == ts => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
+
 fn basic(t: &str) -> Result<(), TopicError> {
     if t.is_empty() {
         return Err(TopicError::Empty);
@@ -211,6 +229,21 @@ fn collect(node: &Node, segs: &[&str], out: &mut Vec<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pattern_matches_agrees_with_the_trie() {
+        let patterns = ["a", "a.b", "a.*", "a.>", "*.b", ">", "a.*.c", "a.b.>"];
+        let topics = ["a", "a.b", "a.c", "a.b.c", "b.b", "a.x.c", "a.b.c.d"];
+        for (k, p) in patterns.iter().enumerate() {
+            let mut t = SubTrie::default();
+            t.insert(p, k as u64);
+            for topic in topics {
+                let mut out = Vec::new();
+                t.matches(topic, &mut out);
+                assert_eq!(pattern_matches(p, topic), !out.is_empty(), "{p} vs {topic}");
+            }
+        }
+    }
 
     fn m(t: &SubTrie, topic: &str) -> Vec<u64> {
         let mut v = Vec::new();

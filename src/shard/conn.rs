@@ -215,6 +215,7 @@ async fn serve_upgraded<S: Stream>(
         client_id: conn.client_id.clone(),
         remote_addr: peer,
     });
+    ctx.connlog.opened();
     debug!(client = %conn.client_id, %peer, "connected");
 
     ctx.on_open_with(&conn, credential);
@@ -259,6 +260,7 @@ impl Drop for Slot {
         drop(self.ticket.take());
         ctx.shared.conn_count.fetch_sub(1, Ordering::AcqRel);
         ctx.m.closes[CloseLabel::of(conn.close_code.get()) as usize].inc();
+        ctx.connlog.closed();
         let duration = conn.connected_at.elapsed().as_millis() as u64;
         ctx.shared.events.emit(|| Event::ClientDisconnected {
             client_id: conn.client_id.clone(),
@@ -338,6 +340,7 @@ async fn handshake_phase<S: Stream>(
         }
         Decision::Reject(r) => {
             ctx.m.rejected[RejectReason::BadHandshake as usize].inc();
+            ctx.connlog.refused();
             debug!(status = r.status, reason = %r.message, "handshake refused");
             write_all(stream, handshake::reject_response(&r).into()).await;
             None
@@ -354,6 +357,7 @@ async fn handshake_phase<S: Stream>(
                     Ok(t) => t,
                     Err(r) => {
                         ctx.m.rejected[RejectReason::Admission as usize].inc();
+                        ctx.connlog.refused();
                         refuse_upgrade(stream, ctx, peer, client_ip, &r).await;
                         return None;
                     }
@@ -375,6 +379,8 @@ async fn handshake_phase<S: Stream>(
                 None
             };
             if let Some(message) = refuse {
+                ctx.connlog.refused();
+                debug!(%peer, reason = %message, "handshake refused");
                 let r = Rejection {
                     status: 503,
                     message,

@@ -12,10 +12,12 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use super::client::{Conn, PendingGuard, Pushed};
+use super::connlog::ConnLog;
 use super::mesh::ShardMsg;
 use super::notify::LocalNotify;
 use super::seclog::{self, SecEvent};
 use super::shared::Shared;
+use super::tap::Taps;
 use crate::api::HandlerResult;
 use crate::events::Event;
 use crate::metrics::topk::TopK;
@@ -86,6 +88,10 @@ pub(crate) struct ShardCtx {
     pub(crate) match_buf: RefCell<Vec<u64>>,
     /// Security events, rate-limited.
     pub(crate) seclog: seclog::SecLog,
+    /// Connection churn since the last summary line.
+    pub(crate) connlog: ConnLog,
+    /// The dashboard's live tails of topics (usually none).
+    pub(crate) taps: Taps,
     /// Secret key that makes server-issued request ids unguessable.
     pub(crate) id_key: std::hash::RandomState,
     /// Calls made by local clients, waiting for a result from a service.
@@ -128,6 +134,8 @@ impl ShardCtx {
             members: RefCell::new(Vec::new()),
             match_buf: RefCell::new(Vec::new()),
             seclog: seclog::SecLog::default(),
+            connlog: ConnLog::default(),
+            taps: Taps::default(),
             id_key: std::hash::RandomState::new(),
             calls: RefCell::new(HashMap::new()),
             served: RefCell::new(HashMap::new()),

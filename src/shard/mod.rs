@@ -18,6 +18,7 @@
 pub(crate) mod admission;
 pub(crate) mod client;
 pub(crate) mod conn;
+pub(crate) mod connlog;
 pub(crate) mod ctx;
 pub(crate) mod driver;
 pub(crate) mod handlers;
@@ -31,6 +32,7 @@ mod protocol_tests;
 pub(crate) mod scrape;
 pub(crate) mod seclog;
 pub(crate) mod shared;
+pub(crate) mod tap;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,6 +308,7 @@ async fn run<L: Listener>(
         .config
         .enable_heartbeat
         .then(|| tokio::task::spawn_local(heartbeat(ctx.clone())));
+    let summary_task = tokio::task::spawn_local(conn_summary(ctx.clone()));
     let _ = ready.send(Ok(kind));
     ctx.shared.running[id].store(true, Ordering::Release);
     debug!(shard = id, driver = %kind, "listening");
@@ -362,8 +365,21 @@ async fn run<L: Listener>(
         tokio::task::yield_now().await;
     }
     mailbox_task.abort();
+    summary_task.abort();
+    ctx.connlog.flush(id);
     if let Some(h) = heartbeat_task {
         h.abort();
+    }
+}
+
+/// The connection summary line (see [`connlog`]), at most once per
+/// [`connlog::SUMMARY_EVERY`].
+async fn conn_summary(ctx: Rc<ShardCtx>) {
+    let every = connlog::SUMMARY_EVERY;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        interval.tick().await;
+        ctx.connlog.flush(ctx.id);
     }
 }
 

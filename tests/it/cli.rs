@@ -431,3 +431,62 @@ async fn issue11_sighup_reloads_tokens_without_dropping_connections() {
     assert_eq!(signal(child.id(), libc::SIGTERM), 0);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `--log-format json`: every stderr line is one JSON object with a
+/// timestamp, a level and a target; connection events are `debug` lines
+/// with the client id as a field, and the shard's churn summary is an
+/// `info` line (flushed at stop at the latest).
+#[tokio::test]
+async fn log_format_json_every_line_parses() {
+    use futures_util::StreamExt;
+    use std::io::Read;
+    let (mut child, addr) = spawn_listening(
+        bin()
+            .args(["serve", "--echo", "--host", "127.0.0.1", "--port", "0"])
+            .args(["--shards", "1", "--io-driver", "epoll"])
+            .args(["--log-format", "json", "--log-level", "debug"])
+            .stderr(std::process::Stdio::piped()),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    assert_eq!(signal(child.id(), libc::SIGTERM), 0);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        for k in ["timestamp", "level", "target"] {
+            assert!(l.get(k).is_some(), "no {k}: {l}");
+        }
+    }
+    let connected = lines
+        .iter()
+        .find(|l| l["message"] == "connected")
+        .unwrap_or_else(|| panic!("no connected line: {err}"));
+    assert_eq!(connected["level"], "DEBUG");
+    assert!(connected["client"].is_string(), "{connected}");
+    let summary = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("connections: "))
+        })
+        .unwrap_or_else(|| panic!("no summary line: {err}"));
+    assert_eq!(summary["level"], "INFO");
+    assert_eq!(summary["opened"], 1, "{summary}");
+    assert_eq!(summary["closed"], 1, "{summary}");
+    assert_eq!(summary["shard"], 0, "{summary}");
+}

@@ -128,8 +128,12 @@ impl ShardCtx {
         Ok(())
     }
 
-    /// Queue a publish on every matching local subscriber.
+    /// Queue a publish on every matching local subscriber (and the
+    /// dashboard's taps, if any).
     pub(super) fn deliver(&self, p: &Publish) {
+        if !self.taps.is_empty() {
+            self.taps.offer(&p.topic, &p.payload);
+        }
         if self.subs.borrow().is_empty() {
             return;
         }

@@ -33,6 +33,10 @@ pub(super) async fn route(ctx: &ShardCtx, r: &HttpRequest<'_>) -> Response {
             Response::body(200, "application/json", shared.health_json())
         }
         ("GET", ["ready"]) => ready(ctx),
+        ("GET", ["dashboard", ..]) => match super::dashboard::asset(r.path) {
+            Some(a) => Response::body(200, a.content_type, a.body),
+            None => Response::error(404, "not_found", "no such route"),
+        },
         ("GET", ["metrics"]) => {
             Response::body(200, CONTENT_TYPE, scrape::metrics_text(shared).await)
         }

@@ -16,6 +16,7 @@
 //! no data); its streams need the token.
 
 mod admin;
+pub(crate) mod dashboard;
 pub(crate) mod response;
 
 use std::net::IpAddr;
@@ -43,8 +44,11 @@ pub(crate) enum Listener {
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
-    /// Anyone (`/health`, the dashboard's static files).
+    /// Anyone (`/health`).
     Public,
+    /// Anyone, on the listener that serves the admin API (the dashboard's
+    /// static files: they hold no data).
+    Page,
     /// Anyone if `metrics_public`, else the admin token.
     Metrics,
     /// The admin token (or loopback when none is configured).
@@ -57,6 +61,8 @@ fn access(path: &str) -> Option<Access> {
         "/health" => Access::Public,
         "/ready" | "/metrics" => Access::Metrics,
         "/status" | "/clients" | "/topics" | "/publish" | "/broadcast" => Access::Admin,
+        "/dashboard/live" | "/dashboard/tail" => Access::Admin,
+        p if dashboard::asset(p).is_some() => Access::Page,
         p if p.starts_with("/clients/") || p.starts_with("/devices/") => Access::Admin,
         _ => return None,
     })
@@ -97,10 +103,40 @@ pub(crate) async fn serve<S: Stream>(
     on: Listener,
 ) {
     let resp = match prepare(stream, req, buf, ctx, deadline, on).await {
+        Ok(r) if r.method == "GET" && r.path == "/dashboard/live" => {
+            return stream_events(stream, ctx, None).await;
+        }
+        Ok(r) if r.method == "GET" && r.path == "/dashboard/tail" => {
+            match r.query("topic") {
+                Some(t) if crate::protocol::topic::validate_pattern(&t).is_ok() => {
+                    return stream_events(stream, ctx, Some(&t)).await;
+                }
+                _ => Response::error(
+                    400,
+                    "invalid_message",
+                    "topic: a valid subscription pattern is required",
+                ),
+            }
+        }
         Ok(r) => admin::route(ctx, &r).await,
         Err(refusal) => refusal,
     };
     driver::write_all(stream, resp.encode(), WRITE_TIMEOUT).await;
+}
+
+/// A server-sent-events response: the dashboard's live numbers, or the
+/// tail of `topic`; it ends when a write fails (the page went away) or
+/// takes longer than [`WRITE_TIMEOUT`].
+async fn stream_events<S: Stream>(stream: &S, ctx: &ShardCtx, topic: Option<&str>) {
+    let head = Bytes::from_static(dashboard::SSE_HEAD.as_bytes());
+    if !driver::write_all(stream, head, WRITE_TIMEOUT).await {
+        return;
+    }
+    let send = |b: Bytes| driver::write_all(stream, b, WRITE_TIMEOUT);
+    match topic {
+        None => dashboard::live(ctx, send).await,
+        Some(t) => dashboard::tail(ctx, t, send).await,
+    }
 }
 
 /// Check the route, the credentials and the body bound, then read the body.
@@ -119,7 +155,8 @@ async fn prepare<'a, S: Stream>(
     };
     // With an admin listener, the WebSocket port keeps only what load
     // balancers and scrapers need.
-    if on == Listener::Main && cfg.admin_listen.is_some() && rule == Access::Admin {
+    let admin_side = matches!(rule, Access::Admin | Access::Page);
+    if on == Listener::Main && cfg.admin_listen.is_some() && admin_side {
         return Err(Response::error(
             404,
             "not_found",
@@ -127,7 +164,7 @@ async fn prepare<'a, S: Stream>(
         ));
     }
     let needs_token = match rule {
-        Access::Public => false,
+        Access::Public | Access::Page => false,
         Access::Metrics => !cfg.metrics_public,
         Access::Admin => true,
     };
