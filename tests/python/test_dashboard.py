@@ -88,8 +88,8 @@ def test_dashboard(tmp_path):
     loop = asyncio.new_event_loop()
     driver = None
     try:
-        # The load: 3 sensors, 2 applications (one subscribed), N data messages.
-        sensors = [loop.run_until_complete(client(uri, "sensor")) for _ in range(3)]
+        # The load: 3 microcontrollers (sensors), 2 applications (one subscribed), N data messages.
+        sensors = [loop.run_until_complete(client(uri, "microcontroller")) for _ in range(3)]
         apps = [loop.run_until_complete(client(uri, "application")) for _ in range(2)]
         for i in range(N_DATA):
             ws = sensors[i % 3][0]
@@ -108,7 +108,7 @@ def test_dashboard(tmp_path):
         WebDriverWait(driver, 10).until(lambda d: by_testid(d, "live-status").text == "live")
 
         wait_text(driver, "stat-connections", "5")
-        wait_text(driver, "type-count-sensor", "3")
+        wait_text(driver, "type-count-microcontroller", "3")
         wait_text(driver, "type-count-application", "2")
         # Needs the real counters (scrape::overview): zero while they are a stub.
         wait_text(driver, "stat-ingested", str(N_DATA))
