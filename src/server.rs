@@ -561,6 +561,16 @@ impl WebSocketHandler {
         self.handle()?.get_status().await
     }
 
+    /// See [`Handle::disconnect_client`].
+    pub async fn disconnect_client(
+        &self,
+        client_id: &str,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        self.handle()?.disconnect_client(client_id, code, reason).await
+    }
+
     /// See [`Handle::metrics_text`].
     pub async fn metrics_text(&self) -> Result<String, ApiError> {
         self.handle()?.metrics_text().await
