@@ -132,7 +132,10 @@ mod tests {
         assert!(page.body.contains("/dashboard/app.js"));
         assert!(page.body.contains("/dashboard/style.css"));
         assert!(!page.body.contains("https://"), "no CDN");
-        assert!(asset("/dashboard/app.js").unwrap().body.contains("getReader"));
+        assert!(asset("/dashboard/app.js")
+            .unwrap()
+            .body
+            .contains("getReader"));
         assert!(asset("/dashboard/style.css").is_some());
         assert!(asset("/dashboard/nope").is_none());
     }
