@@ -17,6 +17,8 @@
 //!    [`events`], [`api`]: plain data, the event hub, the handler registry.
 //!    [`auth`]: credentials verified into an identity and its permissions.
 //!    [`tls`]: the TLS files as a rustls configuration, reloadable.
+//!    [`metrics`]: per-shard counters and histograms with one writer each,
+//!    and the Prometheus text they are rendered to at scrape time.
 //! 3. [`store`]: RocksDB persistence — the writer thread (group commit)
 //!    reporting through a sink it is given, each shard's back-pressure
 //!    queue, keys, field encryption, read-back.

@@ -2,9 +2,13 @@
 # The test command: every Rust test (unit, property, integration on both I/O
 # drivers) and the Python client test against the real binary. Sets up its
 # own Python venv (pytest, websockets, PyJWT, selenium for the dashboard's
-# browser test) on first use.
+# browser test) on first use, and installs the system packages it needs
+# (tests/system-packages.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash tests/system-packages.sh
+# The browser test must run here, not skip.
+export WSHANDLER_REQUIRE_BROWSER=1
 cargo test
 cargo test --manifest-path loadtest/Cargo.toml
 VENV=${WSHANDLER_VENV:-$HOME/.cache/wshandler-venv}

@@ -29,6 +29,8 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 webdriver = pytest.importorskip("selenium.webdriver")
 if not (shutil.which(CHROMEDRIVER) and shutil.which(CHROMIUM)):
+    if os.environ.get("WSHANDLER_REQUIRE_BROWSER"):
+        raise RuntimeError("chromium and chromium-driver are required (tests/system-packages.sh)")
     pytest.skip("chromium and chromium-driver are not installed", allow_module_level=True)
 
 
