@@ -20,10 +20,6 @@ pub(crate) mod client;
 pub(crate) mod conn;
 pub(crate) mod connlog;
 pub(crate) mod ctx;
-// The dashboard's bodies; they move under `http` (the router, from the
-// h-admin branch) once it is merged, which also routes to them.
-#[path = "http/dashboard/mod.rs"]
-pub(crate) mod dashboard;
 pub(crate) mod driver;
 pub(crate) mod handlers;
 pub(crate) mod harness;

@@ -34,21 +34,6 @@ if not (shutil.which(CHROMEDRIVER) and shutil.which(CHROMIUM)):
     pytest.skip("chromium and chromium-driver are not installed", allow_module_level=True)
 
 
-def server_has_dashboard():
-    """The binary knows `admin_token` (the admin API and the router that
-    serves the dashboard): `config` refuses unknown settings."""
-    import subprocess
-    binary = os.environ.get("WSHANDLER_BIN", "target/debug/wshandler")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WSH_")}
-    r = subprocess.run([binary, "config", "--set", "admin_token=x"], env=env,
-                       capture_output=True)
-    return r.returncode == 0
-
-
-if not server_has_dashboard():
-    pytest.skip("this binary has no admin_token setting (HTTP router not merged)",
-                allow_module_level=True)
-
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 

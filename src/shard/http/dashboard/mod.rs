@@ -15,8 +15,6 @@
 //! line every [`KEEPALIVE`] finds that out on a quiet stream, so an idle
 //! tail is removed within two of them.
 
-// Called by the HTTP router's routes (not merged into this branch yet).
-#![allow(dead_code)]
 
 use std::time::Duration;
 
