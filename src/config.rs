@@ -1850,6 +1850,8 @@ mod tests {
             tls_key: Some("k".into()),
             tls_client_ca: Some("ca".into()),
             tls_port: Some(8443),
+            admin_token: Some("a".into()),
+            admin_listen: Some("127.0.0.1:9090".into()),
             ..Config::default()
         };
         let c = Config {

@@ -568,7 +568,9 @@ impl WebSocketHandler {
         code: u16,
         reason: &str,
     ) -> Result<(), ApiError> {
-        self.handle()?.disconnect_client(client_id, code, reason).await
+        self.handle()?
+            .disconnect_client(client_id, code, reason)
+            .await
     }
 
     /// See [`Handle::metrics_text`].

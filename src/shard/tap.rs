@@ -9,7 +9,6 @@
 //! [`TapGuard`] drops (the HTTP connection ended). With no tap, a publish
 //! costs one `is_empty` check.
 
-
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;

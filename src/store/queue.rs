@@ -158,6 +158,7 @@ mod tests {
             tx,
             store,
             blocked: blocked.clone(),
+            metrics: Default::default(),
         };
         (StoreQueue::new(handle, 3), rx, blocked)
     }

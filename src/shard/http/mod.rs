@@ -106,18 +106,16 @@ pub(crate) async fn serve<S: Stream>(
         Ok(r) if r.method == "GET" && r.path == "/dashboard/live" => {
             return stream_events(stream, ctx, None).await;
         }
-        Ok(r) if r.method == "GET" && r.path == "/dashboard/tail" => {
-            match r.query("topic") {
-                Some(t) if crate::protocol::topic::validate_pattern(&t).is_ok() => {
-                    return stream_events(stream, ctx, Some(&t)).await;
-                }
-                _ => Response::error(
-                    400,
-                    "invalid_message",
-                    "topic: a valid subscription pattern is required",
-                ),
+        Ok(r) if r.method == "GET" && r.path == "/dashboard/tail" => match r.query("topic") {
+            Some(t) if crate::protocol::topic::validate_pattern(&t).is_ok() => {
+                return stream_events(stream, ctx, Some(&t)).await;
             }
-        }
+            _ => Response::error(
+                400,
+                "invalid_message",
+                "topic: a valid subscription pattern is required",
+            ),
+        },
         Ok(r) => admin::route(ctx, &r).await,
         Err(refusal) => refusal,
     };

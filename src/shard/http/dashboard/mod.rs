@@ -15,7 +15,6 @@
 //! line every [`KEEPALIVE`] finds that out on a quiet stream, so an idle
 //! tail is removed within two of them.
 
-
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
